@@ -1,0 +1,50 @@
+# Two commands for a new user: `make demo` and `make test`. Both build .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: demo test lint typecheck unit bench load clean
+
+# Reinstall whenever pyproject.toml changes; the stamp records what was installed.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[demo,dev]'
+	touch $@
+
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[demo,dev,bench]'
+	touch $@
+
+demo: $(VENV)/.installed
+	@echo ""
+	@echo "  amani-observability demo on http://$(HOST):$(PORT)"
+	@echo "    API docs:   http://$(HOST):$(PORT)/docs"
+	@echo "    metrics:    http://$(HOST):$(PORT)/metrics"
+	@echo "    health:     http://$(HOST):$(PORT)/health"
+	@echo "  Every response carries X-Request-ID; logs below are JSON, one line per event."
+	@echo ""
+	$(PY) -m uvicorn examples.demo_app.main:app --host $(HOST) --port $(PORT) --no-access-log
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests examples benchmarks
+	$(VENV)/bin/ruff format --check src tests examples benchmarks
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy --strict src
+
+unit: $(VENV)/.installed
+	$(PY) -m pytest
+
+test: lint typecheck unit
+
+bench: $(VENV)/.installed-bench
+	$(PY) -m benchmarks.run
+
+load: $(VENV)/.installed
+	$(PY) -m examples.load --base-url http://$(HOST):$(PORT)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,50 @@
+"""The demo's storage: SQLAlchemy Core over SQLite in memory, or DATABASE_URL."""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Float, MetaData, String, Table, create_engine, insert, select
+from sqlalchemy.pool import StaticPool
+
+metadata = MetaData()
+users = Table(
+    "users", metadata, Column("id", String(32), primary_key=True), Column("email", String)
+)
+transactions = Table(
+    "escrow_transactions",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("type", String(16)),
+    Column("amount", Float),
+)
+kyc = Table("kyc_submissions", metadata, Column("user_id", String), Column("document_type", String))
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        if url.startswith("sqlite"):
+            # One shared connection: an in-memory SQLite database lives as long as it does.
+            self.engine = create_engine(
+                url, poolclass=StaticPool, connect_args={"check_same_thread": False}
+            )
+        else:
+            self.engine = create_engine(url, pool_pre_ping=True)
+        metadata.create_all(self.engine)
+
+    def add_user(self, user_id: str, email: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(users).values(id=user_id, email=email))
+
+    def add_transaction(self, transaction_id: str, kind: str, amount: float) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(transactions).values(id=transaction_id, type=kind, amount=amount))
+
+    def get_transaction(self, transaction_id: str) -> dict[str, object] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(transactions).where(transactions.c.id == transaction_id)
+            ).first()
+        return None if row is None else dict(row._mapping)
+
+    def add_kyc(self, user_id: str, document_type: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(kyc).values(user_id=user_id, document_type=document_type))

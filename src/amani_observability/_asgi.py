@@ -1,0 +1,77 @@
+"""ASGI plumbing shared by the middlewares: types, header lookup, route templates."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+from starlette.routing import Mount
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# The nine standard methods; anything else is labelled "_OTHER" so that a client
+# inventing methods cannot create new series or span names.
+KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+OTHER_METHOD = "_OTHER"
+
+# Every request that matched no route shares this label value.
+UNMATCHED_ROUTE = "<unmatched>"
+
+
+def header_value(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of header `name` (lower-case bytes), or None."""
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def normalise_method(method: str) -> str:
+    return method if method in KNOWN_METHODS else OTHER_METHOD
+
+
+def route_template(scope: Scope, entry_root_path: str = "") -> str | None:
+    """The template of the route that handled this scope, read after the app returned.
+
+    Starlette's router leaves the matched route in ``scope["route"]`` and grows
+    ``root_path`` by each Mount's matched prefix, so the full template is the
+    prefix added below us plus the innermost route's ``path_format``.
+    Returns None when no route matched.
+    """
+    route = scope.get("route")
+    if route is None:
+        return None
+    path_format: str | None = getattr(route, "path_format", None)
+    if path_format is None:
+        return None
+    prefix = scope.get("root_path", "")[len(entry_root_path) :]
+    if isinstance(route, Mount) and prefix.endswith(route.path):
+        # The Mount itself handled the request (e.g. StaticFiles): its path_format
+        # already carries its own prefix.
+        prefix = prefix[: len(prefix) - len(route.path)]
+    return prefix + path_format if prefix else path_format
+
+
+def compile_paths(patterns: Iterable[str]) -> Callable[[str], bool]:
+    """One matcher for a list of path regexes (full match); never matches when empty."""
+    patterns = list(patterns)
+    if not patterns:
+        return _never
+    regex = re.compile("|".join(f"(?:{p})" for p in patterns))
+    fullmatch = regex.fullmatch
+
+    def matches(path: str) -> bool:
+        return fullmatch(path) is not None
+
+    return matches
+
+
+def _never(path: str) -> bool:
+    return False

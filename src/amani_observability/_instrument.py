@@ -1,0 +1,224 @@
+"""instrument(): compose the middlewares once, in one fixed order, and hook the lifespan.
+
+Order, outermost first (each layer sees everything inside it):
+
+    RequestIDMiddleware    the ID exists before anything logs; it stamps every response,
+                           the unhandled-error 500 included, and writes the access log
+    tracing middleware     the server span is current for Sentry, metrics and logs
+    Sentry middleware      per-request isolation scope; captures escaping exceptions
+    metrics middleware     serves /metrics; measures the app below it
+    the application        for Starlette/FastAPI: its whole stack, ServerErrorMiddleware included
+
+Start-up work (tracer provider, Sentry client, alert dispatcher) runs at lifespan
+start-up, not at import or in instrument(), so fork-based servers get fresh exporters
+per worker; shutdown flushes and closes them with a bounded wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from ._asgi import ASGIApp, Message, Receive, Scope, Send
+from .exceptions import ConfigurationError
+from .logs import AccessLog, configure_logging
+from .request_id import RequestIDMiddleware
+from .settings import ObservabilitySettings
+
+logger = logging.getLogger("amani_observability")
+
+_MARK = "_amani_observability_instrumented"
+# Seconds each shutdown hook may take before we stop waiting for it.
+SHUTDOWN_TIMEOUT = 5.0
+
+AppT = TypeVar("AppT")
+Layer = Callable[[ASGIApp], ASGIApp]
+
+
+class Lifecycle:
+    """Start-up and shutdown hooks the components register while instrument() runs."""
+
+    def __init__(self) -> None:
+        self.startup_hooks: list[Callable[[], None]] = []
+        self.shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
+        self.started = False
+
+    def on_startup(self, hook: Callable[[], None]) -> None:
+        self.startup_hooks.append(hook)
+
+    def on_shutdown(self, hook: Callable[[], Awaitable[None]]) -> None:
+        self.shutdown_hooks.append(hook)
+
+    def start(self) -> None:
+        if self.started:
+            return
+        self.started = True
+        for hook in self.startup_hooks:
+            hook()
+
+    async def stop(self) -> None:
+        if not self.started:
+            return
+        self.started = False
+        # Last started, first stopped.
+        for hook in reversed(self.shutdown_hooks):
+            try:
+                await asyncio.wait_for(hook(), SHUTDOWN_TIMEOUT)
+            except Exception:
+                # Shutdown goes on: one stuck exporter must not keep the others from flushing.
+                logger.exception("observability shutdown hook %r failed", hook)
+
+
+def instrument(app: AppT, settings: ObservabilitySettings | None = None) -> AppT:
+    """Add request IDs, JSON logs, metrics, tracing and Sentry to an ASGI app.
+
+    Starlette and FastAPI apps are changed in place and returned; any other ASGI
+    callable is returned wrapped. Call it once per app, at start-up.
+    """
+    if settings is None:
+        settings = ObservabilitySettings()
+    elif not isinstance(settings, ObservabilitySettings):
+        raise ConfigurationError(
+            f"instrument() takes an ObservabilitySettings, not {type(settings).__name__}"
+        )
+    if getattr(app, _MARK, False):
+        raise ConfigurationError(
+            "instrument() was already called on this app; a second call would count every "
+            "request twice. Call it once, at start-up."
+        )
+    if settings.log_json:
+        configure_logging(settings)
+
+    lifecycle = Lifecycle()
+    layers = _build_layers(settings, lifecycle)
+
+    def wrap(inner: ASGIApp) -> ASGIApp:
+        for layer in layers:  # innermost first
+            inner = layer(inner)
+        return inner
+
+    if _is_starlette(app):
+        return _instrument_starlette(app, wrap, lifecycle)  # type: ignore[no-any-return]
+    if not callable(app):
+        raise ConfigurationError(f"instrument() needs an ASGI app, not {type(app).__name__}")
+    wrapped = _LifespanMiddleware(wrap(app), lifecycle)
+    setattr(wrapped, _MARK, True)
+    return wrapped  # type: ignore[return-value]
+
+
+def _build_layers(settings: ObservabilitySettings, lifecycle: Lifecycle) -> list[Layer]:
+    """The middleware factories, innermost first. Each component is built once here."""
+    layers: list[Layer] = []
+
+    # metrics (innermost): see metrics.py
+
+    # Sentry: see sentry.py
+
+    # tracing: see tracing.py
+
+    access_log = (
+        AccessLog(excluded_paths=settings.access_log_excluded_paths)
+        if settings.access_log_enabled
+        else None
+    )
+    if settings.request_id_enabled or access_log is not None:
+        header = settings.request_id_header
+        layers.append(
+            lambda inner: RequestIDMiddleware(inner, header=header, access_log=access_log)
+        )
+    return layers
+
+
+def _is_starlette(app: object) -> bool:
+    try:
+        from starlette.applications import Starlette
+    except ImportError:  # pragma: no cover - starlette is a dependency
+        return False
+    return isinstance(app, Starlette)
+
+
+def _instrument_starlette(
+    app: Any, wrap: Callable[[ASGIApp], ASGIApp], lifecycle: Lifecycle
+) -> Any:
+    # Wrap the *built* stack instead of add_middleware(): our layers then sit outside
+    # ServerErrorMiddleware (so its 500 gets a request ID), and instrument() works
+    # even after the stack was built, where add_middleware() raises
+    # "Cannot add middleware after an application has started".
+    build_original = app.build_middleware_stack
+
+    def build_middleware_stack() -> ASGIApp:
+        return wrap(build_original())
+
+    app.build_middleware_stack = build_middleware_stack
+    if app.middleware_stack is not None:
+        app.middleware_stack = wrap(app.middleware_stack)
+        # Lifespan start-up has been and gone: start our components now.
+        lifecycle.start()
+
+    lifespan_original = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(inner_app: Any) -> AsyncIterator[Any]:
+        # Ours start before the app's start-up (so it can send alerts or spans) and stop
+        # after its shutdown.
+        lifecycle.start()
+        try:
+            async with lifespan_original(inner_app) as state:
+                yield state
+        finally:
+            await lifecycle.stop()
+
+    app.router.lifespan_context = lifespan
+    setattr(app, _MARK, True)
+    return app
+
+
+class _LifespanMiddleware:
+    """Runs the lifecycle hooks for ASGI apps that are not Starlette applications."""
+
+    def __init__(self, app: ASGIApp, lifecycle: Lifecycle) -> None:
+        self.app = app
+        self.lifecycle = lifecycle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        lifecycle = self.lifecycle
+        forwarded_startup = False
+
+        async def receive_with_hooks() -> Message:
+            nonlocal forwarded_startup
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                lifecycle.start()
+                forwarded_startup = True
+            return message
+
+        async def send_with_hooks(message: Message) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                await lifecycle.stop()
+            await send(message)
+
+        try:
+            await self.app(scope, receive_with_hooks, send_with_hooks)
+        except Exception:
+            if forwarded_startup:
+                raise
+            # The app does not speak the lifespan protocol: speak it for our own hooks.
+            await _serve_lifespan(receive, send, lifecycle)
+
+
+async def _serve_lifespan(receive: Receive, send: Send, lifecycle: Lifecycle) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            lifecycle.start()
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await lifecycle.stop()
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,142 @@
+"""JSON logs: one object per line, with the request ID and trace of the current request.
+
+`configure_logging()` installs one handler on the root logger (replacing its own on a
+second call, so lines are never duplicated) and routes uvicorn's loggers through it.
+`AccessLog` writes one line per request from the request-ID middleware.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from typing import IO, TYPE_CHECKING, Any
+
+from ._asgi import Scope, compile_paths
+from ._correlation import current_trace_ids
+from .request_id import current_request_id
+
+if TYPE_CHECKING:
+    from .settings import ObservabilitySettings
+
+ACCESS_LOGGER = "amani_observability.access"
+
+# Attributes every LogRecord has; anything else on a record came from `extra=`.
+_RECORD_ATTRS = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "asctime"}
+)
+# Set by RequestContextFilter; written as top-level keys, not repeated as extras.
+_CONTEXT_ATTRS = ("request_id", "trace_id", "span_id")
+# Written by uvicorn for its coloured console output; noise in JSON.
+_SKIPPED_ATTRS = _RECORD_ATTRS | set(_CONTEXT_ATTRS) | {"color_message"}
+
+
+class RequestContextFilter(logging.Filter):
+    """Put `request_id`, `trace_id` and `span_id` of the current request on each record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None:
+            record.request_id = current_request_id()
+        if getattr(record, "trace_id", None) is None:
+            ids = current_trace_ids()
+            if ids is not None:
+                record.trace_id, record.span_id = ids
+        return True
+
+
+class JSONFormatter(logging.Formatter):
+    """Format a record as one JSON object on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "timestamp": datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in _CONTEXT_ATTRS:
+            value = getattr(record, key, None)
+            if value is not None:
+                entry[key] = value
+        for key, value in record.__dict__.items():
+            if key not in _SKIPPED_ATTRS and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exc_info"] = record.exc_text
+        if record.stack_info:
+            entry["stack_info"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class _OurHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Marks the handler configure_logging() installed, so a second call replaces it."""
+
+
+def configure_logging(
+    settings: ObservabilitySettings | None = None, *, stream: IO[str] | None = None
+) -> logging.Handler:
+    """Send every log record to `stream` (default stderr) as JSON lines.
+
+    Idempotent: a second call replaces the handler the first one installed. uvicorn's
+    loggers are routed through the same handler; `uvicorn.access` is quietened when
+    our own access log is on, since it would repeat every line.
+    """
+    if settings is None:
+        from .settings import ObservabilitySettings
+
+        settings = ObservabilitySettings()
+    handler = _OurHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JSONFormatter())
+    handler.addFilter(RequestContextFilter())
+
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        if isinstance(existing, _OurHandler):
+            root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(settings.log_level)
+
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        uvicorn_logger = logging.getLogger(name)
+        uvicorn_logger.handlers.clear()
+        uvicorn_logger.propagate = True
+    logging.getLogger("uvicorn.access").setLevel(
+        logging.WARNING if settings.access_log_enabled else logging.NOTSET
+    )
+    return handler
+
+
+class AccessLog:
+    """One line per request: request_id, method, url, status_code, duration_ms, client."""
+
+    def __init__(self, *, excluded_paths: list[str]) -> None:
+        self.logger = logging.getLogger(ACCESS_LOGGER)
+        self._excluded = compile_paths(excluded_paths)
+
+    def wants(self, scope: Scope) -> bool:
+        return self.logger.isEnabledFor(logging.INFO) and not self._excluded(scope["path"])
+
+    def emit(self, scope: Scope, status: int, duration: float, request_id: str) -> None:
+        query = scope.get("query_string", b"")
+        url = scope["path"] + "?" + query.decode("latin-1") if query else scope["path"]
+        client = scope.get("client")
+        method = scope.get("method", "WEBSOCKET")
+        self.logger.info(
+            "%s %s %d",
+            method,
+            url,
+            status,
+            extra={
+                "request_id": request_id,
+                "method": method,
+                "url": url,
+                "status_code": status,
+                "duration_ms": round(duration * 1000, 3),
+                "client": f"{client[0]}:{client[1]}" if client else None,
+            },
+        )

@@ -1,0 +1,147 @@
+"""Request IDs: reuse a safe incoming ID or mint one, echo it on every response.
+
+The middleware sits outermost, outside Starlette's ServerErrorMiddleware, so even
+the 500 produced by an unhandled exception carries the header (asgi-correlation-id
+#19). It also writes the access log line, since it is the layer that sees the whole
+request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from contextvars import ContextVar
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from ._asgi import ASGIApp, Message, Receive, Scope, Send, header_value
+
+if TYPE_CHECKING:
+    from .logs import AccessLog
+
+logger = logging.getLogger("amani_observability.request_id")
+
+# Logged when an incoming ID is refused. The rejected value is never logged: it is
+# attacker-controlled and may carry CR/LF or terminal escapes.
+REJECTED_REQUEST_ID = "Ignored an invalid incoming request ID header and generated a new one"
+
+# UUIDs with or without dashes, nginx's $request_id, W3C trace ids, ULIDs all pass.
+_accept = re.compile(rb"[A-Za-z0-9._-]{1,128}").fullmatch
+
+_current: ContextVar[str | None] = ContextVar("amani_request_id", default=None)
+
+_INTERNAL_ERROR_BODY = b"Internal Server Error"
+
+
+def new_request_id() -> str:
+    """32 random hex digits (128 bits): cheaper than uuid4() and a valid W3C trace id."""
+    return os.urandom(16).hex()
+
+
+def get_request_id(request: Any = None) -> str | None:
+    """The current request's ID.
+
+    With a Starlette/FastAPI `Request` (the guide's call), read it from the request;
+    without one, from the context, which also works in background tasks and in
+    code that has no request object at hand. None outside a request.
+    """
+    if request is not None:
+        state = request.scope.get("state")
+        if state is not None:
+            value = state.get("request_id")
+            if value is not None:
+                return str(value)
+    return _current.get()
+
+
+def current_request_id() -> str | None:
+    """The request ID of the request being handled in this context, or None."""
+    return _current.get()
+
+
+class RequestIDMiddleware:
+    """Give every HTTP request and websocket connection an ID, and echo it back."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        header: str = "X-Request-ID",
+        access_log: AccessLog | None = None,
+    ) -> None:
+        self.app = app
+        self.header = header.lower().encode("latin-1")
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope_type = scope["type"]
+        if scope_type != "http" and scope_type != "websocket":
+            # Lifespan and future scope types are none of our business.
+            await self.app(scope, receive, send)
+            return
+
+        incoming = header_value(scope, self.header)
+        if incoming is not None and _accept(incoming):
+            request_id = incoming.decode("ascii")
+        else:
+            if incoming is not None:
+                logger.warning(REJECTED_REQUEST_ID)
+            request_id = new_request_id()
+        header_pair = (self.header, request_id.encode("ascii"))
+        state = scope.get("state")
+        if state is None:
+            scope["state"] = {"request_id": request_id}
+        else:
+            state["request_id"] = request_id
+
+        access_log = self.access_log
+        if access_log is not None and not access_log.wants(scope):
+            access_log = None
+        status = 0
+        started = perf_counter() if access_log is not None else 0.0
+        response_started = False
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal status, response_started
+            message_type = message["type"]
+            if message_type == "http.response.start" or message_type == "websocket.accept":
+                response_started = True
+                status = message.get("status", 101)
+                message["headers"] = [*message.get("headers", ()), header_pair]
+            await send(message)
+
+        token = _current.set(request_id)
+        try:
+            await self.app(scope, receive, send_with_request_id)
+        except Exception:
+            if scope_type == "http" and not response_started:
+                # A bare ASGI app raised before responding: answer the 500 ourselves so
+                # it carries the ID, then re-raise so the server logs the error as usual.
+                status = 500
+                await _send_internal_error(send, header_pair)
+            elif status == 0:
+                status = 500
+            raise
+        finally:
+            if access_log is not None:
+                access_log.emit(scope, status, perf_counter() - started, request_id)
+            _current.reset(token)
+
+
+async def _send_internal_error(send: Send, header_pair: tuple[bytes, bytes]) -> None:
+    try:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 500,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(_INTERNAL_ERROR_BODY)).encode()),
+                    header_pair,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": _INTERNAL_ERROR_BODY})
+    except Exception:  # the client went away; the original error matters more
+        logger.debug("could not send the 500 response", exc_info=True)

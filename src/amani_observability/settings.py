@@ -1,0 +1,206 @@
+"""ObservabilitySettings: every knob, read from the environment and a `.env` file.
+
+Environment names are the monitoring guide's (`SENTRY_DSN`, `OTLP_ENDPOINT`, ...);
+field names are those names in lower case, so `ObservabilitySettings(sentry_dsn=...)`
+works in code too. Secrets are `SecretStr`: they never show in `repr()`, logs or errors.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .exceptions import ConfigurationError
+
+# Lists come from the environment comma-separated ("/health,/internal/.*"), not as JSON.
+CommaList = Annotated[list[str], NoDecode]
+
+SECRET_FIELDS = frozenset(
+    {
+        "sentry_dsn",
+        "otlp_headers",
+        "slack_webhook_url",
+        "pagerduty_api_key",
+        "alert_webhook_url",
+        "metrics_password",
+        "metrics_bearer_token",
+    }
+)
+
+# Prometheus' default buckets plus 2.0 s (the p95 alert threshold) and the
+# OpenTelemetry-recommended 0.075/0.75/7.5 points.
+DEFAULT_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
+
+
+class ObservabilitySettings(BaseSettings):
+    """Configuration for `instrument()`; see docs/configuration.md for every variable."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        frozen=True,
+    )
+
+    # --- service identity -----------------------------------------------------------------
+    service_name: str = Field(default="amani-backend", min_length=1)
+    service_version: str = "0.0.0"
+    environment: str = "development"
+
+    # --- logging and request IDs ---------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_json: bool = True
+    request_id_enabled: bool = True
+    request_id_header: str = "X-Request-ID"
+    access_log_enabled: bool = True
+    # Paths (regular expressions, full match) left out of the access log.
+    access_log_excluded_paths: CommaList = Field(default_factory=lambda: ["/metrics", "/health"])
+
+    # --- Prometheus metrics --------------------------------------------------------------
+    metrics_enabled: bool = True
+    metrics_path: str = "/metrics"
+    metrics_excluded_paths: CommaList = Field(default_factory=list)
+    metrics_buckets: Annotated[tuple[float, ...], NoDecode] = DEFAULT_BUCKETS
+    metrics_username: str | None = None
+    metrics_password: SecretStr | None = None
+    metrics_bearer_token: SecretStr | None = None
+
+    # --- OpenTelemetry tracing -----------------------------------------------------------
+    tracing_enabled: bool = False
+    tracing_exporter: Literal["otlp", "otlp-http", "console", "none"] = "otlp"
+    otlp_endpoint: str | None = None
+    otlp_headers: SecretStr | None = None
+    tracing_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    tracing_excluded_paths: CommaList = Field(default_factory=lambda: ["/metrics", "/health"])
+
+    # --- Sentry --------------------------------------------------------------------------
+    sentry_dsn: SecretStr | None = None
+    sentry_traces_sample_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    sentry_profiles_sample_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+
+    # --- alerting ------------------------------------------------------------------------
+    slack_webhook_url: SecretStr | None = None
+    pagerduty_api_key: SecretStr | None = None
+    pagerduty_events_url: str = "https://events.pagerduty.com/v2/enqueue"
+    alert_webhook_url: SecretStr | None = None
+    alert_max_retries: int = Field(default=3, ge=0, le=10)
+    alert_timeout_seconds: float = Field(default=10.0, gt=0.0, le=300.0)
+    alert_throttle_seconds: float = Field(default=60.0, ge=0.0)
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            # One readable error at start-up instead of pydantic's traceback.
+            raise ConfigurationError(_describe(exc)) from None
+
+    @field_validator(
+        "access_log_excluded_paths",
+        "metrics_excluded_paths",
+        "tracing_excluded_paths",
+        mode="before",
+    )
+    @classmethod
+    def _split_regex_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, (list, tuple)):
+            for pattern in value:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ValueError(
+                        f"{pattern!r} is not a valid regular expression ({exc})"
+                    ) from None
+        return value
+
+    @field_validator("metrics_buckets", mode="before")
+    @classmethod
+    def _split_buckets(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = tuple(float(part) for part in value.split(",") if part.strip())
+            except ValueError:
+                raise ValueError("must be comma-separated numbers, e.g. 0.1,0.5,1,2") from None
+        if isinstance(value, (list, tuple)):
+            value = tuple(float(v) for v in value)
+            if not value or any(b <= a for a, b in itertools.pairwise(value)) or value[0] <= 0:
+                raise ValueError("must be positive numbers in increasing order")
+        return value
+
+    @field_validator("request_id_header")
+    @classmethod
+    def _header_token(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}", value):
+            raise ValueError("must be an HTTP header name such as X-Request-ID")
+        return value
+
+    @field_validator("metrics_path")
+    @classmethod
+    def _absolute_path(cls, value: str) -> str:
+        if not value.startswith("/") or any(c in value for c in " ?#"):
+            raise ValueError("must be an absolute URL path such as /metrics")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("otlp_endpoint", "pagerduty_events_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
+def _describe(exc: ValidationError) -> str:
+    """Turn pydantic's error list into sentences naming the environment variable."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else "settings"
+        env_name = field.upper()
+        problem = _plain(error)
+        if field in SECRET_FIELDS:
+            lines.append(f"{env_name}: {problem}")
+        else:
+            lines.append(f"{env_name}={error.get('input')!s}: {problem}")
+    return "invalid observability settings: " + "; ".join(lines)
+
+
+def _plain(error: Any) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        field = str(error["loc"][0])
+        if field.endswith("sample_rate"):
+            return "must be between 0 and 1"
+        bound = ctx.get("ge", ctx.get("gt", ctx.get("le", ctx.get("lt"))))
+        words = {
+            "greater_than_equal": "at least",
+            "greater_than": "greater than",
+            "less_than_equal": "at most",
+            "less_than": "less than",
+        }[kind]
+        return f"must be {words} {bound}"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '')}"
+    if kind == "bool_parsing":
+        return "must be true or false (also accepted: 1/0, yes/no, on/off)"
+    if kind in ("float_parsing", "float_type"):
+        return "must be a number"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return "must be a whole number"
+    if kind == "string_too_short":
+        return "must not be empty"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return str(error["msg"])

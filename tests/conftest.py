@@ -1,0 +1,75 @@
+"""Shared fixtures: a clean environment per test, a lifespan driver, real-process helpers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from tests.support import LifespanDriver
+
+_OUR_PREFIXES = (
+    "SENTRY_",
+    "TRACING_",
+    "OTLP_",
+    "SLACK_",
+    "PAGERDUTY_",
+    "ALERT_",
+    "METRICS_",
+    "SERVICE_",
+    "LOG_",
+    "REQUEST_ID_",
+    "ACCESS_LOG_",
+    "PROMETHEUS_MULTIPROC_DIR",
+    "ENVIRONMENT",
+    "DATABASE_URL",
+    "OTEL_",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[None]:
+    """Every test starts with none of our variables set and no .env file in reach."""
+    for name in list(os.environ):
+        if name.startswith(_OUR_PREFIXES):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@asynccontextmanager
+async def lifespan(app: Any) -> AsyncIterator[None]:
+    """Run an ASGI app's lifespan start-up and shutdown around a block."""
+    driver = LifespanDriver(app)
+    await driver.startup()
+    try:
+        yield
+    finally:
+        await driver.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def require_binary(name: str) -> str:
+    """Path of a real binary the test needs: skip locally without it, fail under CI."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (.ci/run installs it with apt-get)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path

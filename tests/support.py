@@ -1,0 +1,154 @@
+"""Test helpers that are not fixtures: an ASGI message recorder, a lifespan driver,
+and a uvicorn process runner."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class LifespanDriver:
+    """Speak the ASGI lifespan protocol to an app, as a server would."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._to_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._from_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def startup(self) -> None:
+        scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+        self._task = asyncio.create_task(self.app(scope, self._to_app.get, self._from_app.put))
+        await self._to_app.put({"type": "lifespan.startup"})
+        message = await asyncio.wait_for(self._from_app.get(), 10)
+        assert message["type"] == "lifespan.startup.complete", message
+
+    async def shutdown(self) -> None:
+        await self._to_app.put({"type": "lifespan.shutdown"})
+        message = await asyncio.wait_for(self._from_app.get(), 15)
+        assert message["type"] == "lifespan.shutdown.complete", message
+        assert self._task is not None
+        await asyncio.wait_for(self._task, 5)
+
+
+def http_scope(
+    path: str = "/", *, method: str = "GET", headers: Any = (), **extra: Any
+) -> dict[str, Any]:
+    raw_path, _, query = path.partition("?")
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": raw_path,
+        "raw_path": raw_path.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    scope.update(extra)
+    return scope
+
+
+async def call_asgi(app: Any, scope: dict[str, Any], body: bytes = b"") -> list[dict[str, Any]]:
+    """Call an ASGI app once and return every message it sent."""
+    sent: list[dict[str, Any]] = []
+    received = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal received
+        if not received:
+            received = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(dict(message))
+
+    await app(scope, receive, send)
+    return sent
+
+
+def response_headers(messages: list[dict[str, Any]]) -> dict[str, str]:
+    start = next(m for m in messages if m["type"] in ("http.response.start", "websocket.accept"))
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in start.get("headers", [])}
+
+
+class UvicornProcess:
+    """A real uvicorn serving `app_path` on a loopback port, its output kept in a file."""
+
+    def __init__(
+        self,
+        app_path: str,
+        port: int,
+        *,
+        env: Mapping[str, str] | None = None,
+        args: tuple[str, ...] = (),
+        log_path: Path,
+    ) -> None:
+        self.app_path = app_path
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        self.args = args
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> UvicornProcess:
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                self.app_path,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--no-access-log",
+                *self.args,
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"uvicorn exited early:\n{self.output()}")
+            try:
+                httpx.get(self.base_url + "/health", timeout=1.0)
+                return self
+            except httpx.TransportError:
+                time.sleep(0.1)
+        self.__exit__()
+        raise RuntimeError(f"uvicorn did not start within 30 s:\n{self.output()}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        self._log.close()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")

@@ -1,0 +1,129 @@
+"""JSON logs: one object per line, request context, idempotent set-up, access log."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from amani_observability import ObservabilitySettings, configure_logging, instrument
+from amani_observability._correlation import set_trace_ids_getter
+from amani_observability.logs import ACCESS_LOGGER
+
+
+def lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_a_record_is_one_json_line_with_extras_and_utc_time() -> None:
+    stream = io.StringIO()
+    configure_logging(ObservabilitySettings(), stream=stream)
+    logging.getLogger("app.payments").info("paid %s", "in full", extra={"amount": 100})
+    (entry,) = lines(stream)
+    assert entry["level"] == "INFO"
+    assert entry["logger"] == "app.payments"
+    assert entry["message"] == "paid in full"
+    assert entry["amount"] == 100
+    assert entry["timestamp"].endswith("+00:00")
+    assert set(entry) == {"timestamp", "level", "logger", "message", "amount"}
+
+
+def test_exc_info_is_a_string() -> None:
+    stream = io.StringIO()
+    configure_logging(ObservabilitySettings(), stream=stream)
+    try:
+        raise ValueError("bad amount")
+    except ValueError:
+        logging.getLogger("app").exception("failed")
+    (entry,) = lines(stream)
+    assert entry["exc_info"].startswith("Traceback (most recent call last):")
+    assert entry["exc_info"].endswith("ValueError: bad amount")
+
+
+def test_configuring_twice_does_not_duplicate_lines() -> None:
+    first, second = io.StringIO(), io.StringIO()
+    configure_logging(ObservabilitySettings(), stream=first)
+    configure_logging(ObservabilitySettings(), stream=second)
+    logging.getLogger("app").warning("once")
+    assert first.getvalue() == ""
+    assert [e["message"] for e in lines(second)] == ["once"]
+
+
+def test_log_level_is_applied() -> None:
+    stream = io.StringIO()
+    configure_logging(ObservabilitySettings(log_level="WARNING"), stream=stream)
+    logging.getLogger("app").info("hidden")
+    logging.getLogger("app").warning("shown")
+    assert [e["message"] for e in lines(stream)] == ["shown"]
+
+
+def test_uvicorn_loggers_go_through_the_same_formatter() -> None:
+    stream = io.StringIO()
+    configure_logging(ObservabilitySettings(), stream=stream)
+    logging.getLogger("uvicorn.error").info("Started server process")
+    logging.getLogger("uvicorn.access").info("duplicate access line")
+    assert [(e["logger"], e["message"]) for e in lines(stream)] == [
+        ("uvicorn.error", "Started server process")
+    ]
+
+
+def test_trace_ids_come_from_the_tracing_seam() -> None:
+    stream = io.StringIO()
+    configure_logging(ObservabilitySettings(), stream=stream)
+    set_trace_ids_getter(lambda: ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"))
+    try:
+        logging.getLogger("app").info("traced")
+    finally:
+        set_trace_ids_getter(None)
+    (entry,) = lines(stream)
+    assert entry["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert entry["span_id"] == "00f067aa0ba902b7"
+
+
+async def test_request_lines_carry_the_request_id_and_one_access_line() -> None:
+    stream = io.StringIO()
+
+    async def pay(request: Request) -> PlainTextResponse:
+        logging.getLogger("app").info("paying")
+        return PlainTextResponse("ok", status_code=201)
+
+    async def health(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = instrument(
+        Starlette(routes=[Route("/pay", pay, methods=["POST"]), Route("/health", health)]),
+        ObservabilitySettings(metrics_enabled=False),
+    )
+    configure_logging(ObservabilitySettings(), stream=stream)  # capture what instrument() set up
+    transport = httpx.ASGITransport(app=app, client=("10.1.2.3", 4321))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        await client.post("/pay?x=1&y=2", headers={"X-Request-ID": "req-7"})
+        await client.get("/health", headers={"X-Request-ID": "req-8"})
+    app_line, access_line = [e for e in lines(stream) if e["logger"] != "httpx"]
+    assert (app_line["message"], app_line["request_id"]) == ("paying", "req-7")
+    assert access_line["logger"] == ACCESS_LOGGER
+    assert access_line["message"] == "POST /pay?x=1&y=2 201"
+    assert {
+        k: access_line[k] for k in ("request_id", "method", "url", "status_code", "client")
+    } == {
+        "request_id": "req-7",
+        "method": "POST",
+        "url": "/pay?x=1&y=2",
+        "status_code": 201,
+        "client": "10.1.2.3:4321",
+    }
+    assert 0 < access_line["duration_ms"] < 5000
+
+
+def test_log_json_false_leaves_logging_alone() -> None:
+    root = logging.getLogger()
+    before = list(root.handlers)
+    instrument(Starlette(), ObservabilitySettings(log_json=False, metrics_enabled=False))
+    assert root.handlers == before

@@ -1,0 +1,231 @@
+"""RequestIDMiddleware and get_request_id(): validation, echo, context, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from amani_observability import get_request_id
+from amani_observability.request_id import (
+    REJECTED_REQUEST_ID,
+    RequestIDMiddleware,
+    current_request_id,
+    new_request_id,
+)
+from tests.support import call_asgi, http_scope, response_headers
+
+GENERATED = re.compile(r"[0-9a-f]{32}")
+
+
+async def echo_app(scope: Any, receive: Any, send: Any) -> None:
+    body = (current_request_id() or "").encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"x-app", b"1")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+@pytest.mark.parametrize(
+    "incoming",
+    [
+        "550e8400-e29b-41d4-a716-446655440000",
+        "550e8400e29b41d4a716446655440000",
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+        "01HZX3T4C8Q9Z7W0KJ5M2N6P8R",
+        "req.2024_01-x",
+        "a",
+        "a" * 128,
+    ],
+)
+async def test_a_safe_incoming_id_is_reused(incoming: str) -> None:
+    app = RequestIDMiddleware(echo_app)
+    messages = await call_asgi(app, http_scope(headers=[("X-Request-ID", incoming)]))
+    assert response_headers(messages)["x-request-id"] == incoming
+    assert messages[1]["body"] == incoming.encode()
+
+
+@pytest.mark.parametrize(
+    "incoming",
+    [
+        "",
+        "a" * 129,
+        "abc\r\nSet-Cookie: x=1",
+        "has space",
+        'quote"d',
+        "ünïcode",
+        "semi;colon",
+        "<script>",
+    ],
+)
+async def test_an_unsafe_incoming_id_is_replaced_and_not_logged(
+    incoming: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = RequestIDMiddleware(echo_app)
+    scope = http_scope()
+    scope["headers"] = [(b"x-request-id", incoming.encode("utf-8"))]
+    with caplog.at_level(logging.WARNING, logger="amani_observability.request_id"):
+        messages = await call_asgi(app, scope)
+    returned = response_headers(messages)["x-request-id"]
+    assert GENERATED.fullmatch(returned)
+    assert [r.getMessage() for r in caplog.records] == [REJECTED_REQUEST_ID]
+    if incoming:
+        assert incoming not in caplog.text
+
+
+async def test_a_missing_id_is_generated_without_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = RequestIDMiddleware(echo_app)
+    with caplog.at_level(logging.WARNING):
+        messages = await call_asgi(app, http_scope())
+    assert GENERATED.fullmatch(response_headers(messages)["x-request-id"])
+    assert caplog.records == []
+
+
+async def test_the_apps_own_headers_are_kept() -> None:
+    messages = await call_asgi(RequestIDMiddleware(echo_app), http_scope())
+    assert response_headers(messages)["x-app"] == "1"
+
+
+async def test_a_custom_header_name_is_used_both_ways() -> None:
+    app = RequestIDMiddleware(echo_app, header="X-Correlation-ID")
+    messages = await call_asgi(app, http_scope(headers=[("X-Correlation-ID", "corr-1")]))
+    headers = response_headers(messages)
+    assert headers["x-correlation-id"] == "corr-1"
+    assert "x-request-id" not in headers
+
+
+def test_new_request_ids_are_distinct_hex() -> None:
+    ids = {new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(GENERATED.fullmatch(i) for i in ids)
+
+
+async def test_context_is_reset_after_the_request() -> None:
+    await call_asgi(RequestIDMiddleware(echo_app), http_scope(headers=[("X-Request-ID", "one")]))
+    assert current_request_id() is None
+
+
+async def test_lifespan_and_unknown_scopes_pass_through_untouched() -> None:
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((scope, send))
+
+    middleware = RequestIDMiddleware(app)
+
+    async def send(message: Any) -> None:
+        return None
+
+    for scope_type in ("lifespan", "custom-protocol"):
+        scope = {"type": scope_type}
+        await middleware(scope, None, send)  # type: ignore[arg-type]
+        assert seen[-1] == ({"type": scope_type}, send)
+
+
+async def test_a_bare_asgi_app_that_raises_still_answers_500_with_the_id() -> None:
+    async def broken(scope: Any, receive: Any, send: Any) -> None:
+        raise KeyError("boom")
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    with pytest.raises(KeyError, match="boom"):
+        await RequestIDMiddleware(broken)(
+            http_scope(headers=[("X-Request-ID", "err-1")]),
+            None,
+            send,  # type: ignore[arg-type]
+        )
+    assert sent[0]["status"] == 500
+    assert (b"x-request-id", b"err-1") in sent[0]["headers"]
+    assert sent[1]["body"] == b"Internal Server Error"
+
+
+def _starlette_app() -> Starlette:
+    async def homepage(request: Request) -> JSONResponse:
+        return JSONResponse({"id": get_request_id(request), "ctx": get_request_id()})
+
+    async def boom(request: Request) -> None:
+        raise RuntimeError("boom")
+
+    async def websocket(ws: WebSocket) -> None:
+        await ws.accept()
+        await ws.send_text(get_request_id() or "")
+        await ws.close()
+
+    return Starlette(
+        routes=[
+            Route("/", homepage),
+            Route("/boom", boom),
+            WebSocketRoute("/ws", websocket),
+        ]
+    )
+
+
+async def test_starlette_404_and_unhandled_500_carry_the_id() -> None:
+    from amani_observability import instrument
+
+    app = instrument(_starlette_app())
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        ok = await client.get("/", headers={"X-Request-ID": "ok-1"})
+        missing = await client.get("/nowhere", headers={"X-Request-ID": "nf-1"})
+        failed = await client.get("/boom", headers={"X-Request-ID": "err-1"})
+    assert ok.json() == {"id": "ok-1", "ctx": "ok-1"}
+    assert (missing.status_code, missing.headers["x-request-id"]) == (404, "nf-1")
+    assert (failed.status_code, failed.headers["x-request-id"]) == (500, "err-1")
+
+
+async def test_websocket_connections_get_an_id() -> None:
+    from amani_observability import instrument
+
+    app = instrument(_starlette_app())
+    incoming = [{"type": "websocket.connect"}]
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        if incoming:
+            return incoming.pop()
+        return {"type": "websocket.disconnect", "code": 1000}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = http_scope("/ws", headers=[("X-Request-ID", "ws-1")], type="websocket", scheme="ws")
+    del scope["method"]
+    await app(scope, receive, send)
+    assert sent[0]["type"] == "websocket.accept"
+    assert (b"x-request-id", b"ws-1") in sent[0]["headers"]
+    assert sent[1] == {"type": "websocket.send", "text": "ws-1"}
+
+
+async def test_background_tasks_see_the_id_and_nothing_leaks_after() -> None:
+    from amani_observability import instrument
+
+    seen: list[str | None] = []
+
+    async def record() -> None:
+        await asyncio.sleep(0)
+        seen.append(get_request_id())
+
+    async def homepage(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok", background=BackgroundTask(record))
+
+    app = instrument(Starlette(routes=[Route("/", homepage)]))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        await client.get("/", headers={"X-Request-ID": "bg-1"})
+        await client.get("/", headers={"X-Request-ID": "bg-2"})
+    assert seen == ["bg-1", "bg-2"]
+    assert get_request_id() is None
