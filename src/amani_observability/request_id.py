@@ -8,6 +8,7 @@ request.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -114,7 +115,11 @@ class RequestIDMiddleware:
         token = _current.set(request_id)
         try:
             await self.app(scope, receive, send_with_request_id)
-        except Exception:
+        except Exception as exc:
+            # The server logs this exception after our context is gone; the JSON log
+            # filter reads the ID from here so that line still names its request.
+            with contextlib.suppress(AttributeError):
+                exc._amani_request_id = request_id  # type: ignore[attr-defined]
             if scope_type == "http" and not response_started:
                 # A bare ASGI app raised before responding: answer the 500 ourselves so
                 # it carries the ID, then re-raise so the server logs the error as usual.

@@ -56,6 +56,11 @@ def test_demo_answers_with_request_ids_and_json_access_lines(tmp_path: Path) -> 
     assert by_id[minted.headers["x-request-id"]]["status_code"] == 404
     # The health probe the runner used to wait for start-up is left out of the access log.
     assert [e for e in access if e["url"] == "/health"] == []
+    (server_error,) = [
+        e for e in json_lines(output) if e["logger"] == "uvicorn.error" and "exc_info" in e
+    ]
+    assert server_error["request_id"] == "demo-err-1"
+    assert server_error["exc_info"].endswith("RuntimeError: demo failure")
     app_lines = [e for e in json_lines(output) if e["logger"] == "demo"]
     assert [(e["message"], e["request_id"]) for e in app_lines] == [
         ("registered user", "demo-req-1")
