@@ -4,18 +4,22 @@
   environment name, in the order of settings.py, with the field's real default;
 - every alert has its section in the monitoring runbook, and every `runbooks/...md#anchor`
   reference anywhere in the package, the examples or the docs lands on a heading;
-- relative links between README.md and the docs pages point at files and headings that exist.
+- relative links between README.md and the docs pages point at files and headings that exist;
+- every ```promql example parses, checked by the real promtool.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 from pydantic.fields import FieldInfo
 
 from amani_observability import ObservabilitySettings
+from tests.conftest import require_binary
 from tests.test_docs_examples import ROOT, documentation_pages, fenced_blocks, page_id
 
 CONFIGURATION = ROOT / "docs" / "configuration.md"
@@ -121,6 +125,16 @@ def test_the_monitoring_runbook_has_a_section_per_alert() -> None:
     assert [a for a in ALERTS if a.lower() not in present] == []
 
 
+@pytest.mark.parametrize("alert", ALERTS)
+def test_each_alert_section_says_what_to_check_and_what_to_do(alert: str) -> None:
+    text = (RUNBOOKS / "monitoring_runbook.md").read_text("utf-8")
+    section = text.split(f"\n## {alert}\n", 1)[1].split("\n## ", 1)[0]
+    assert "**Meaning**" in section
+    assert "**Check**" in section
+    assert "```promql" in section
+    assert "**Act**" in section
+
+
 def _text_files(*roots: Path) -> list[Path]:
     suffixes = {".py", ".md", ".yml", ".yaml", ".json", ".sh", ".toml"}
     files: list[Path] = []
@@ -162,3 +176,67 @@ def test_relative_links_resolve(page: Path) -> None:
         elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
             broken.append(target)
     assert broken == [], f"{page_id(page)}: broken links"
+
+
+def promql_expressions(source: str) -> list[str]:
+    """The expressions of a ```promql block: `#` lines are comments, indented lines continue."""
+    expressions: list[str] = []
+    for line in source.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line[0].isspace() and expressions:
+            expressions[-1] += " " + line.strip()
+        else:
+            expressions.append(line.strip())
+    return expressions
+
+
+PROMQL_PAGES = [
+    page
+    for page in documentation_pages()
+    if any(b.language == "promql" for b in fenced_blocks(page.read_text("utf-8")))
+]
+
+
+def test_promql_blocks_split_into_expressions() -> None:
+    block = "# rate\nsum(rate(a[5m]))\n\nsum(b)\n  / sum(c)\n"
+
+    assert promql_expressions(block) == ["sum(rate(a[5m]))", "sum(b) / sum(c)"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("page", PROMQL_PAGES, ids=page_id)
+def test_promql_examples_parse(page: Path, tmp_path: Path) -> None:
+    """Each PromQL example is valid: promtool checks it as the expression of a rule."""
+    promtool = require_binary("promtool")
+    expressions = [
+        expression
+        for block in fenced_blocks(page.read_text("utf-8"))
+        if block.language == "promql"
+        for expression in promql_expressions(block.source)
+    ]
+    rules = {
+        "groups": [
+            {
+                "name": "docs",
+                "rules": [
+                    {"record": f"docs:example_{n}", "expr": expression}
+                    for n, expression in enumerate(expressions)
+                ],
+            }
+        ]
+    }
+    # JSON is YAML: no YAML library needed to write the rules file.
+    rules_file = tmp_path / "rules.yml"
+    rules_file.write_text(json.dumps(rules, indent=1), encoding="utf-8")
+
+    result = subprocess.run(
+        [promtool, "check", "rules", str(rules_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, f"{page_id(page)}:\n{result.stdout}{result.stderr}"
+    assert f"SUCCESS: {len(expressions)} rules found" in result.stdout

@@ -560,6 +560,26 @@ def test_bad_retention_setting_is_a_usage_error(
     assert backups_in(tmp_path / "backups") == []
 
 
+def test_unreachable_database_is_reported_and_nothing_is_restored(
+    postgres: PostgresServer, database: str, tmp_path: Path
+) -> None:
+    """A good file and a server that does not answer: exit 1, with libpq's reason."""
+    postgres.psql(database, "CREATE TABLE t (id int); INSERT INTO t VALUES (1);")
+    backup = make_backup(postgres, database, tmp_path)
+    closed = f"postgresql://amani:s3cret@127.0.0.1:{free_port()}/{database}"
+
+    result = run_script(
+        RESTORE, str(backup), cwd=tmp_path, env={"DATABASE_URL": closed}, bindir=postgres.bindir
+    )
+
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        "restore_database.sh: error: cannot query postgresql://amani:***@127.0.0.1:"
+    )
+    assert "Connection refused" in result.stderr
+    assert "s3cret" not in result.stderr
+
+
 def test_restore_without_a_file_prints_usage(tmp_path: Path) -> None:
     result = run_script(RESTORE, cwd=tmp_path, env={})
 
