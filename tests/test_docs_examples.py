@@ -3,8 +3,9 @@
 The convention (also in docs/contributing.md):
 
 - A fenced block tagged `python` is executed; tag anything else by its language (`bash`,
-  `promql`, `yaml`, `json`, `text`, ...). A fence without a language fails the test, so an
-  example cannot escape by accident. There is no skip marker: what cannot run is not Python.
+  `promql`, `yaml`, `json`, `text`, ...). A fence without a language, or tagged `py` or
+  `python3`, fails the test, so an example cannot escape by accident. There is no skip
+  marker: what cannot run is not Python.
 - A page's blocks run in order in one namespace, like cells of a notebook, each in a fresh
   Python process per page (so one page's global state, such as a Sentry client, a tracer
   provider or logging handlers, can never leak into another page or into the other tests).
@@ -66,6 +67,7 @@ OUR_PREFIXES = (
     "BACKUP_",
 )
 
+PYTHON_ALIASES = frozenset({"python", "py", "py3", "python3"})
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")
 
 
@@ -265,8 +267,16 @@ def test_examples_reach_the_stand_in_through_the_environment(
 @pytest.mark.parametrize("page", PAGES, ids=page_id)
 def test_every_fence_names_its_language(page: Path) -> None:
     """An untagged fence would hide a Python example from the docs test: tag every block."""
-    untagged = [b.line - 1 for b in fenced_blocks(page.read_text("utf-8")) if not b.language]
+    blocks = fenced_blocks(page.read_text("utf-8"))
+    untagged = [b.line - 1 for b in blocks if not b.language]
     assert untagged == [], f"{page_id(page)}: fences without a language on lines {untagged}"
+    # Only `python` runs: another spelling would silently leave an example untested.
+    aliases = [
+        b.line - 1
+        for b in blocks
+        if b.language != "python" and b.language.lower() in PYTHON_ALIASES
+    ]
+    assert aliases == [], f"{page_id(page)}: tag Python blocks `python` (lines {aliases})"
 
 
 def test_fenced_blocks_keep_markdown_line_numbers_and_dedent_list_items() -> None:

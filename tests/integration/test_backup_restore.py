@@ -37,6 +37,12 @@ BACKUP_NAME = re.compile(r"amani_backup_\d{8}_\d{6}\.sql\.gz")
 COMMAND_TIMEOUT = 60
 
 
+def _client_environment() -> dict[str, str]:
+    """os.environ without libpq's PG* variables, so the caller's PGSSLMODE, PGHOST or
+    PGPASSWORD cannot redirect or break the connections made here."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+
+
 def _postgres_bindir() -> Path | None:
     """The server binaries' directory: pg_config's answer, else the newest Debian one."""
     candidates: list[Path] = []
@@ -101,6 +107,7 @@ class PostgresServer:
                 "-c",
                 sql,
             ],
+            env=_client_environment(),
             capture_output=True,
             text=True,
             timeout=COMMAND_TIMEOUT,
@@ -130,6 +137,16 @@ def _server_account() -> tuple[int, int] | None:
     pytest.fail("running as root and neither a 'postgres' nor a 'nobody' user exists")
 
 
+def _reachable_temp_root(account: tuple[int, int] | None) -> str | None:
+    """The usual temporary directory, unless the server user could not get through it."""
+    default = Path(tempfile.gettempdir())
+    if account is None:
+        return None
+    if all(os.stat(p).st_mode & 0o001 for p in (default, *default.parents)):
+        return None
+    return "/tmp"
+
+
 def _run_as(account: tuple[int, int] | None, args: list[str], log: Path) -> None:
     kwargs: dict[str, object] = {}
     if account is not None:
@@ -138,6 +155,7 @@ def _run_as(account: tuple[int, int] | None, args: list[str], log: Path) -> None
         result = subprocess.run(
             args,
             stdin=subprocess.DEVNULL,
+            env=_client_environment(),
             stdout=out,
             stderr=subprocess.STDOUT,
             timeout=COMMAND_TIMEOUT,
@@ -154,7 +172,7 @@ def postgres() -> Iterator[PostgresServer]:
     bindir = _require_postgres()
     account = _server_account()
     # Not pytest's tmp_path: its parents are private to root, and the server user must reach it.
-    base = Path(tempfile.mkdtemp(prefix="amani-pg-"))
+    base = Path(tempfile.mkdtemp(prefix="amani-pg-", dir=_reachable_temp_root(account)))
     if account is not None:
         os.chown(base, *account)
     data, sockets, log = base / "data", base / "sockets", base / "server.log"
@@ -295,7 +313,7 @@ def run_script(
     return subprocess.run(
         ["bash", str(script), *args],
         cwd=cwd,
-        env={**os.environ, "PATH": path, **env},
+        env={**_client_environment(), "PATH": path, **env},
         capture_output=True,
         text=True,
         timeout=COMMAND_TIMEOUT,
