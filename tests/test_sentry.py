@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
 import logging
 import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -19,7 +16,6 @@ import pytest
 import sentry_sdk
 from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
-from sentry_sdk.envelope import Envelope
 from sentry_sdk.scope import Scope, remove_external_propagation_context
 
 from amani_observability import ConfigurationError, ObservabilitySettings, _correlation, instrument
@@ -34,67 +30,14 @@ from amani_observability.sentry import (
     init_sentry,
 )
 from tests.conftest import free_port, lifespan
+from tests.sentry_stand_in import SentryStandIn
 from tests.support import call_asgi, http_scope
-
-# --- the stand-in for Sentry -----------------------------------------------------------------
-
-
-class SentryStandIn:
-    """An HTTP server on a loopback port that records every envelope it receives."""
-
-    def __init__(self, *, delay: float = 0.0) -> None:
-        self.envelopes: list[Envelope] = []
-        self.paths: list[str] = []
-        delay_seconds = delay
-        recorder = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                elif self.headers.get("Content-Encoding") == "br":
-                    import brotli  # type: ignore[import-not-found]
-
-                    body = brotli.decompress(body)
-                if delay_seconds:
-                    time.sleep(delay_seconds)
-                recorder.paths.append(self.path)
-                recorder.envelopes.append(Envelope.deserialize(body))
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return None
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.dsn = f"http://key@127.0.0.1:{self.server.server_address[1]}/1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def items(self, kind: str) -> list[dict[str, Any]]:
-        return [
-            item.payload.json
-            for envelope in self.envelopes
-            for item in envelope.items
-            if item.type == kind and item.payload.json is not None
-        ]
-
-    def events(self) -> list[dict[str, Any]]:
-        return self.items("event")
-
-    def transactions(self) -> list[dict[str, Any]]:
-        return self.items("transaction")
 
 
 @pytest.fixture
 def sentry_server() -> Iterator[SentryStandIn]:
-    stand_in = SentryStandIn()
-    stand_in.thread.start()
-    yield stand_in
-    stand_in.server.shutdown()
-    stand_in.server.server_close()
+    with SentryStandIn() as stand_in:
+        yield stand_in
 
 
 def _reset_sentry() -> None:
@@ -628,18 +571,13 @@ async def test_sampled_requests_become_transactions_named_by_route_continuing_th
 
 
 async def test_shutdown_flushes_queued_events() -> None:
-    slow = SentryStandIn(delay=0.5)
-    slow.thread.start()
-    try:
+    with SentryStandIn(delay=0.5) as slow:
         app = instrument(make_app(), settings_for(slow.dsn))
         async with lifespan(app), await client_for(app) as client:
             await client.get("/items/0")
         # No explicit flush: the lifespan shutdown waited for the delivery.
         assert len(slow.events()) == 1
         assert sentry_sdk.get_client().transport is None  # closed
-    finally:
-        slow.server.shutdown()
-        slow.server.server_close()
 
 
 @pytest.fixture
@@ -683,3 +621,14 @@ def _paths(value: Any, prefix: str = "") -> list[str]:
     if isinstance(value, list):
         return [p for i, v in enumerate(value) for p in _paths(v, f"{prefix}[{i}]")]
     return [f"{prefix}={value}"]
+
+
+def test_the_opentelemetry_bridge_is_removed_when_tracing_is_turned_off(
+    sentry_server: SentryStandIn,
+) -> None:
+    from sentry_sdk.scope import has_external_propagation_context
+
+    init_sentry(settings_for(sentry_server.dsn, tracing_enabled=True, tracing_exporter="none"))
+    assert has_external_propagation_context() is True
+    init_sentry(settings_for(sentry_server.dsn))
+    assert has_external_propagation_context() is False

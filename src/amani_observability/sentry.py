@@ -23,9 +23,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import sentry_sdk
+from sentry_sdk import scope as _sentry_scope
 from sentry_sdk.integrations.fastapi import FastApiIntegration
 from sentry_sdk.integrations.starlette import StarletteIntegration
-from sentry_sdk.scope import register_external_propagation_context
+from sentry_sdk.scope import (
+    register_external_propagation_context,
+    remove_external_propagation_context,
+)
 from sentry_sdk.tracing import TransactionSource
 from sentry_sdk.tracing_utils import PropagationContext
 from sentry_sdk.utils import BadDsn, event_from_exception
@@ -158,8 +162,15 @@ def init_sentry(settings: ObservabilitySettings | None = None, **sdk_options: An
         # Errors carry the OpenTelemetry trace of the request (trace_id, span_id) as their
         # Sentry trace context, so Sentry links them to the trace in your tracing backend.
         register_external_propagation_context(current_trace_ids)
+    elif _bridge_is_ours():
+        remove_external_propagation_context()
     logger.info(SENTRY_ENABLED, settings.environment, settings.service_version)
     return True
+
+
+def _bridge_is_ours() -> bool:
+    """Whether the SDK's external trace source is ours (not, say, its OTLP integration)."""
+    return getattr(_sentry_scope, "_external_propagation_context_fn", None) is current_trace_ids
 
 
 async def flush_sentry(timeout: float = FLUSH_TIMEOUT) -> None:
