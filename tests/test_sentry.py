@@ -632,3 +632,17 @@ def test_the_opentelemetry_bridge_is_removed_when_tracing_is_turned_off(
     assert has_external_propagation_context() is True
     init_sentry(settings_for(sentry_server.dsn))
     assert has_external_propagation_context() is False
+
+
+async def test_access_log_lines_do_not_become_breadcrumbs(sentry_server: SentryStandIn) -> None:
+    settings = ObservabilitySettings(
+        sentry_dsn=sentry_server.dsn, log_json=True, metrics_enabled=False
+    )
+    app = instrument(make_app(), settings)
+    async with lifespan(app):
+        assert await asgi_request(app, "/items/7") == 200
+        capture_exception(ValueError("outside any request"))
+        flush()
+    [event] = sentry_server.events()
+    crumbs = event.get("breadcrumbs", {}).get("values", [])
+    assert [c for c in crumbs if c.get("category") == "amani_observability.access"] == []

@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 import sentry_sdk
 from sentry_sdk import scope as _sentry_scope
 from sentry_sdk.integrations.fastapi import FastApiIntegration
+from sentry_sdk.integrations.logging import ignore_logger
 from sentry_sdk.integrations.starlette import StarletteIntegration
 from sentry_sdk.scope import (
     register_external_propagation_context,
@@ -38,6 +39,7 @@ from ._asgi import UNMATCHED_ROUTE, ASGIApp, Message, Receive, Scope, Send, comp
 from ._asgi import route_template as _route_template
 from ._correlation import current_trace_ids
 from .exceptions import ConfigurationError
+from .logs import ACCESS_LOGGER
 from .request_id import current_request_id
 from .settings import ObservabilitySettings
 
@@ -137,10 +139,11 @@ def init_sentry(settings: ObservabilitySettings | None = None, **sdk_options: An
         # (unsampled) transactions and propagation data we would pay for on every request.
         "traces_sample_rate": traces if traces > 0 else None,
         "profiles_sample_rate": settings.sentry_profiles_sample_rate or None,
-        # send_default_pii stays unset: unset is False (no IPs, cookies or user data are
-        # collected, the EventScrubber runs) and sentry-sdk 2.7x deprecates passing it.
         # Our middleware reads no body; this keeps any other integration from reading one.
         "max_request_body_size": "never",
+        # send_default_pii is left unset, which means False: no IPs, cookies or user data
+        # are collected and the SDK's EventScrubber runs. (sentry-sdk 2.7x deprecates
+        # passing it at all, in favour of `data_collection`.)
         "before_send": _scrubbing_secrets(settings.sentry_before_send or before_send_handler),
         # Our SentryMiddleware replaces these (same data, a fraction of the cost), and with
         # them on every unhandled exception would be captured twice.
@@ -158,6 +161,9 @@ def init_sentry(settings: ObservabilitySettings | None = None, **sdk_options: An
             sentry_sdk.init(**options)
     except BadDsn:  # settings built with model_construct() skip our validator
         raise ConfigurationError("SENTRY_DSN: must be a Sentry DSN") from None
+    # One access-log line per request would become a breadcrumb of the server-wide scope
+    # (the line is written after the request's scope closed): cost and noise, no value.
+    ignore_logger(ACCESS_LOGGER)
     if settings.tracing_enabled:
         # Errors carry the OpenTelemetry trace of the request (trace_id, span_id) as their
         # Sentry trace context, so Sentry links them to the trace in your tracing backend.
