@@ -646,3 +646,55 @@ async def test_access_log_lines_do_not_become_breadcrumbs(sentry_server: SentryS
     [event] = sentry_server.events()
     crumbs = event.get("breadcrumbs", {}).get("values", [])
     assert [c for c in crumbs if c.get("category") == "amani_observability.access"] == []
+
+
+def test_init_sentry_alone_reads_the_environment(
+    sentry_server: SentryStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SENTRY_DSN", sentry_server.dsn)
+    monkeypatch.setenv("ENVIRONMENT", "worker")
+    assert init_sentry() is True
+    capture_exception(ValueError("from a script"))
+    flush()
+    [event] = sentry_server.events()
+    assert (event["environment"], event["exception"]["values"][0]["value"]) == (
+        "worker",
+        "from a script",
+    )
+
+
+async def test_a_failing_websocket_is_reported_with_its_url(sentry_server: SentryStandIn) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise ConnectionAbortedError("socket gone")
+
+    init_sentry(settings_for(sentry_server.dsn))
+    scope = http_scope("/ws/chat", type="websocket", scheme="ws", headers=[("host", "chat")])
+    del scope["method"]
+    with pytest.raises(ConnectionAbortedError):
+        await SentryMiddleware(app)(scope, None, None)  # type: ignore[arg-type]
+    flush()
+    [event] = sentry_server.events()
+    assert (event["request"]["method"], event["request"]["url"]) == (
+        "WEBSOCKET",
+        "ws://chat/ws/chat",
+    )
+    assert event["transaction"] == "<unmatched>"
+
+
+async def test_excluded_paths_are_configurable(sentry_server: SentryStandIn) -> None:
+    settings = settings_for(sentry_server.dsn, sentry_excluded_paths="/internal/.*")
+    init_sentry(settings)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError(scope["path"])
+
+    middleware = SentryMiddleware(app)
+    for path in ("/internal/jobs", "/metrics", "/health", "/public"):
+        with pytest.raises(RuntimeError):
+            await middleware(http_scope(path), None, None)  # type: ignore[arg-type]
+    flush()
+    # /health is no longer excluded once the list is replaced; METRICS_PATH always is.
+    assert [e["exception"]["values"][0]["value"] for e in sentry_server.events()] == [
+        "/health",
+        "/public",
+    ]

@@ -52,6 +52,7 @@ __all__ = [
     "before_send_handler",
     "capture_exception",
     "flush_sentry",
+    "http_status_of",
     "init_sentry",
 ]
 
