@@ -308,6 +308,7 @@ async def test_secret_headers_and_query_values_are_removed(sentry_server: Sentry
                 "X-Api-Key": "abc123",
                 "X-Auth-Token": "abc123",
                 "X-Client-Secret": "abc123",
+                "X-Access-Key": "abc123",
                 "X-Forwarded-For": "203.0.113.9",
                 "X-Request-ID": "req-scrub",
                 "Accept": "application/json",
@@ -373,11 +374,13 @@ def test_4xx_http_exceptions_are_dropped_and_5xx_reported(sentry_server: SentryS
 def test_listed_status_codes_are_reported(sentry_server: SentryStandIn) -> None:
     init_sentry(settings_for(sentry_server.dsn, sentry_report_status_codes="422"))
     assert capture_exception(HTTPException(status_code=404)) is None
-    assert isinstance(capture_exception(_validation_error()), str)
+    event_id = capture_exception(_validation_error())
     flush()
-    assert [e["exception"]["values"][0]["type"] for e in sentry_server.events()] == [
-        "RequestValidationError"
-    ]
+    [event] = sentry_server.events()
+    assert (event["event_id"], event["exception"]["values"][0]["type"]) == (
+        event_id,
+        "RequestValidationError",
+    )
 
 
 def test_http_status_of_reads_the_common_http_exceptions() -> None:
@@ -580,36 +583,37 @@ async def test_shutdown_flushes_queued_events() -> None:
         assert sentry_sdk.get_client().transport is None  # closed
 
 
-@pytest.fixture
-def black_hole() -> Iterator[str]:
-    """A loopback port that accepts connections and never answers."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(64)
-        yield f"http://key@127.0.0.1:{sock.getsockname()[1]}/1"
-
-
 @pytest.mark.parametrize("target", ["closed port", "black hole"])
-async def test_an_unreachable_or_silent_sentry_never_slows_or_breaks_requests(
-    target: str, request: pytest.FixtureRequest
-) -> None:
-    dsn = (
-        f"http://key@127.0.0.1:{free_port()}/1"
-        if target == "closed port"
-        else request.getfixturevalue("black_hole")
-    )
-    app = instrument(make_app(), settings_for(dsn))
-    async with lifespan(app), await client_for(app) as client:
-        durations = []
-        for i in range(20):
-            started = time.perf_counter()
-            response = await client.get(f"/items/{i % 2}")
-            durations.append(time.perf_counter() - started)
-            assert response.status_code == (500 if i % 2 == 0 else 200)
-        started_shutdown = time.perf_counter()
-    shutdown = time.perf_counter() - started_shutdown
-    # Delivery happens on the SDK's worker thread; a request never waits for it.
-    assert max(durations) < 0.5
+async def test_an_unreachable_or_silent_sentry_never_slows_or_breaks_requests(target: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as black_hole:
+        if target == "black hole":
+            # Accepts connections (the kernel's backlog does) and never answers.
+            black_hole.bind(("127.0.0.1", 0))
+            black_hole.listen(64)
+            port = black_hole.getsockname()[1]
+        else:
+            port = free_port()
+        app = instrument(make_app(), settings_for(f"http://key@127.0.0.1:{port}/1"))
+        stuck: list[socket.socket] = []
+        async with lifespan(app), await client_for(app) as client:
+            durations = []
+            for i in range(20):
+                started = time.perf_counter()
+                response = await client.get(f"/items/{i % 2}")
+                durations.append(time.perf_counter() - started)
+                assert response.status_code == (500 if i % 2 == 0 else 200)
+            if target == "black hole":
+                # The SDK did try to deliver, and is stuck waiting for an answer...
+                black_hole.settimeout(10)
+                connection, _ = black_hole.accept()
+                stuck.append(connection)  # kept open and silent through the shutdown
+            started_shutdown = time.perf_counter()
+        shutdown = time.perf_counter() - started_shutdown
+        for connection in stuck:
+            connection.close()
+    # ... yet no request waited for it (the SDK's socket timeout is 30 s): delivery runs
+    # on the SDK's worker thread. The bound is loose for a busy CI machine.
+    assert max(durations) < 3.0
     # The flush at shutdown is bounded by FLUSH_TIMEOUT (2 s), whatever Sentry does.
     assert shutdown < sentry_module.FLUSH_TIMEOUT + 1.5
 

@@ -83,7 +83,7 @@ _SECRET_HEADERS = frozenset(
 # ... and any header or query parameter whose name looks like it holds a secret.
 _SECRET_NAME = re.compile(
     r"auth|token|secret|passw|pwd|api[-_]?key|session|csrf|xsrf|signature|credential|cookie"
-    r"|private|dsn",
+    r"|private|dsn|(?:^|[-_])key(?:$|[-_])",
     re.IGNORECASE,
 ).search
 FILTERED = "[Filtered]"
