@@ -116,6 +116,15 @@ def _build_layers(settings: ObservabilitySettings, lifecycle: Lifecycle) -> list
     # metrics (innermost): see metrics.py
 
     # Sentry: see sentry.py
+    if settings.sentry_dsn is not None:
+        from .sentry import sentry_layer
+
+        layers.append(sentry_layer(settings, lifecycle))
+    else:
+        # Say so once, without importing sentry_sdk for a feature that is off.
+        lifecycle.on_startup(
+            lambda: logger.info("Sentry error tracking is off: SENTRY_DSN is not set")
+        )
 
     # tracing: see tracing.py
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, ImportString, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .exceptions import ConfigurationError
@@ -84,6 +85,15 @@ class ObservabilitySettings(BaseSettings):
     sentry_dsn: SecretStr | None = None
     sentry_traces_sample_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     sentry_profiles_sample_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    # HTTP exceptions (HTTPException, RequestValidationError as 422) with these status codes
+    # are reported besides 5xx, which always are: "422,429" or "400-499". Empty: 5xx only.
+    sentry_report_status_codes: Annotated[frozenset[int], NoDecode] = frozenset()
+    # Paths (regular expressions, full match) whose error events are dropped and which get
+    # no performance transaction; METRICS_PATH is always among them.
+    sentry_excluded_paths: CommaList = Field(default_factory=lambda: ["/metrics", "/health"])
+    # Optional "module:function" (or, in code, a callable) used as before_send instead of
+    # amani_observability.sentry.before_send_handler; call that inside to keep its filtering.
+    sentry_before_send: ImportString[Callable[[Any, Any], Any]] | None = None
 
     # --- alerting ------------------------------------------------------------------------
     slack_webhook_url: SecretStr | None = None
@@ -105,6 +115,7 @@ class ObservabilitySettings(BaseSettings):
         "access_log_excluded_paths",
         "metrics_excluded_paths",
         "tracing_excluded_paths",
+        "sentry_excluded_paths",
         mode="before",
     )
     @classmethod
@@ -148,6 +159,48 @@ class ObservabilitySettings(BaseSettings):
         if not value.startswith("/") or any(c in value for c in " ?#"):
             raise ValueError("must be an absolute URL path such as /metrics")
         return value
+
+    @field_validator("sentry_dsn", mode="before")
+    @classmethod
+    def _sentry_dsn(cls, value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                return None  # `SENTRY_DSN=` in a .env file means "off"
+            from sentry_sdk.utils import BadDsn, Dsn
+
+            try:
+                Dsn(value)
+            except BadDsn:
+                # The DSN holds the project key: say what is wrong, never echo it.
+                raise ValueError(
+                    "must be a Sentry DSN such as https://<key>@o0.ingest.sentry.io/<project>"
+                ) from None
+        return value
+
+    @field_validator("sentry_report_status_codes", mode="before")
+    @classmethod
+    def _status_codes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, (list, tuple, set, frozenset)):
+            return value
+        codes: set[int] = set()
+        for part in value:
+            first, _, last = str(part).partition("-")
+            try:
+                low = int(first)
+                high = int(last) if last else low
+            except ValueError:
+                raise ValueError(
+                    "must be comma-separated HTTP status codes or ranges, e.g. 422,429 or 400-499"
+                ) from None
+            if not 100 <= low <= high <= 599:
+                raise ValueError("must be HTTP status codes between 100 and 599, e.g. 422,429")
+            codes.update(range(low, high + 1))
+        return frozenset(codes)
 
     @field_validator("log_level", mode="before")
     @classmethod

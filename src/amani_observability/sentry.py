@@ -1,0 +1,515 @@
+"""Sentry error tracking: a cheap per-request middleware, scoped capture, status-code policy.
+
+    from amani_observability.sentry import add_breadcrumb, capture_exception, init_sentry
+
+`instrument()` runs `init_sentry()` at lifespan start-up when `SENTRY_DSN` is set and puts
+`SentryMiddleware` between tracing and metrics. sentry-sdk's own Starlette and FastAPI
+integrations are switched off: they cost about +178 us per request even with tracing off
+(they patch request handling and read request data on every request). Our middleware does
+the same job with one isolation scope and one closure per request; request data, tags and
+the transaction name are attached by an event processor, i.e. only when an event is sent.
+The SDK's other integrations (logging, httpx, SQLAlchemy, ...) stay on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+
+import sentry_sdk
+from sentry_sdk import scope as _sentry_scope
+from sentry_sdk.integrations.fastapi import FastApiIntegration
+from sentry_sdk.integrations.logging import ignore_logger
+from sentry_sdk.integrations.starlette import StarletteIntegration
+from sentry_sdk.scope import (
+    register_external_propagation_context,
+    remove_external_propagation_context,
+)
+from sentry_sdk.tracing import TransactionSource
+from sentry_sdk.tracing_utils import PropagationContext
+from sentry_sdk.utils import BadDsn, event_from_exception
+
+from ._asgi import UNMATCHED_ROUTE, ASGIApp, Message, Receive, Scope, Send, compile_paths
+from ._asgi import route_template as _route_template
+from ._correlation import current_trace_ids
+from .exceptions import ConfigurationError
+from .logs import ACCESS_LOGGER
+from .request_id import current_request_id
+from .settings import ObservabilitySettings
+
+if TYPE_CHECKING:
+    from ._instrument import Layer, Lifecycle
+
+__all__ = [
+    "SentryMiddleware",
+    "add_breadcrumb",
+    "before_send_handler",
+    "capture_exception",
+    "flush_sentry",
+    "http_status_of",
+    "init_sentry",
+]
+
+logger = logging.getLogger("amani_observability.sentry")
+
+SENTRY_DISABLED = "Sentry error tracking is off: SENTRY_DSN is not set"
+SENTRY_ENABLED = "Sentry error tracking is on (environment %s, release %s)"
+
+# Seconds the shutdown hook waits for queued events to reach Sentry.
+FLUSH_TIMEOUT = 2.0
+
+# Name of the context `capture_exception(context=...)` fills in.
+CONTEXT_NAME = "details"
+
+# Removed from the request headers attached to events, whatever send_default_pii says.
+_SECRET_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+        "x-forwarded-for",
+        "x-real-ip",
+        "forwarded",
+    }
+)
+# ... and any header or query parameter whose name looks like it holds a secret.
+_SECRET_NAME = re.compile(
+    r"auth|token|secret|passw|pwd|api[-_]?key|session|csrf|xsrf|signature|credential|cookie"
+    r"|private|dsn|(?:^|[-_])key(?:$|[-_])",
+    re.IGNORECASE,
+).search
+FILTERED = "[Filtered]"
+_MIN_SECRET_LENGTH = 6
+_SECRETS_HINT = "amani_observability_secrets"
+
+
+@dataclass(frozen=True)
+class _Policy:
+    """What before_send_handler drops; replaced by init_sentry() from the settings."""
+
+    excluded_path: Callable[[str], bool]
+    report_status_codes: frozenset[int]
+
+
+def _policy_from(settings: ObservabilitySettings) -> _Policy:
+    return _Policy(
+        excluded_path=compile_paths(
+            [*settings.sentry_excluded_paths, re.escape(settings.metrics_path)]
+        ),
+        report_status_codes=settings.sentry_report_status_codes,
+    )
+
+
+# Until init_sentry() runs: the defaults of the settings.
+DEFAULT_POLICY = _Policy(compile_paths(["/metrics", "/health"]), frozenset())
+_policy = DEFAULT_POLICY
+
+
+# --- set-up ----------------------------------------------------------------------------------
+
+
+def init_sentry(settings: ObservabilitySettings | None = None, **sdk_options: Any) -> bool:
+    """Start the Sentry client from the settings; return whether Sentry is on.
+
+    Without `SENTRY_DSN` nothing is started and one info line is logged. Extra keyword
+    arguments go to `sentry_sdk.init()` unchanged and win over ours (e.g.
+    `in_app_include=["myservice"]`).
+    """
+    global _policy
+    if settings is None:
+        settings = ObservabilitySettings()
+    _policy = _policy_from(settings)
+    if settings.sentry_dsn is None:
+        logger.info(SENTRY_DISABLED)
+        return False
+
+    traces = settings.sentry_traces_sample_rate
+    options: dict[str, Any] = {
+        "dsn": settings.sentry_dsn.get_secret_value(),
+        "environment": settings.environment,
+        "release": settings.service_version,
+        # None, not 0.0: the SDK treats any number as "tracing on" and then builds
+        # (unsampled) transactions and propagation data we would pay for on every request.
+        "traces_sample_rate": traces if traces > 0 else None,
+        "profiles_sample_rate": settings.sentry_profiles_sample_rate or None,
+        # Our middleware reads no body; this keeps any other integration from reading one.
+        "max_request_body_size": "never",
+        # send_default_pii is left unset, which means False: no IPs, cookies or user data
+        # are collected and the SDK's EventScrubber runs. (sentry-sdk 2.7x deprecates
+        # passing it at all, in favour of `data_collection`.)
+        "before_send": _scrubbing_secrets(settings.sentry_before_send or before_send_handler),
+        # Our SentryMiddleware replaces these (same data, a fraction of the cost), and with
+        # them on every unhandled exception would be captured twice.
+        "disabled_integrations": [StarletteIntegration(), FastApiIntegration()],
+    }
+    options.update(sdk_options)
+    try:
+        with warnings.catch_warnings():
+            # SENTRY_PROFILES_SAMPLE_RATE means "this fraction of transactions" (the guide's
+            # meaning), which is the SDK's transaction-based profiling; 2.x deprecates it in
+            # favour of per-process continuous profiling but still supports it fully.
+            warnings.filterwarnings(
+                "ignore", "Transaction-based profiling is deprecated", DeprecationWarning
+            )
+            sentry_sdk.init(**options)
+    except BadDsn:  # settings built with model_construct() skip our validator
+        raise ConfigurationError("SENTRY_DSN: must be a Sentry DSN") from None
+    # One access-log line per request would become a breadcrumb of the server-wide scope
+    # (the line is written after the request's scope closed): cost and noise, no value.
+    ignore_logger(ACCESS_LOGGER)
+    if settings.tracing_enabled:
+        # Errors carry the OpenTelemetry trace of the request (trace_id, span_id) as their
+        # Sentry trace context, so Sentry links them to the trace in your tracing backend.
+        register_external_propagation_context(current_trace_ids)
+    elif _bridge_is_ours():
+        remove_external_propagation_context()
+    logger.info(SENTRY_ENABLED, settings.environment, settings.service_version)
+    return True
+
+
+def _bridge_is_ours() -> bool:
+    """Whether the SDK's external trace source is ours (not, say, its OTLP integration)."""
+    return getattr(_sentry_scope, "_external_propagation_context_fn", None) is current_trace_ids
+
+
+async def flush_sentry(timeout: float = FLUSH_TIMEOUT) -> None:
+    """Send queued events, waiting at most `timeout` seconds, then close the client."""
+    client = sentry_sdk.get_client()
+    if not client.is_active():
+        return
+    # flush() blocks on the transport's worker thread; keep the event loop free meanwhile.
+    await asyncio.to_thread(client.close, timeout)
+
+
+def sentry_layer(settings: ObservabilitySettings, lifecycle: Lifecycle) -> Layer:
+    """The Sentry layer for instrument(): client started and closed by the lifespan."""
+
+    def start() -> None:
+        init_sentry(settings)
+
+    lifecycle.on_startup(start)
+    lifecycle.on_shutdown(flush_sentry)
+    transactions = settings.sentry_traces_sample_rate > 0
+    excluded = _policy_from(settings).excluded_path
+
+    def layer(app: ASGIApp) -> ASGIApp:
+        return SentryMiddleware(app, transactions=transactions, excluded_path=excluded)
+
+    return layer
+
+
+# --- per request -----------------------------------------------------------------------------
+
+
+class SentryMiddleware:
+    """One Sentry isolation scope per request; unhandled exceptions captured once, re-raised.
+
+    Events sent while the request runs carry tags `request_id`, `trace_id` (when tracing
+    is on) and `endpoint` (the route template), the route template as transaction name,
+    and the request's method, URL, query and headers with secrets removed. All of that is
+    computed by an event processor, so a request that sends no event pays only for the
+    scope. The body is never read: `receive` is passed on untouched (sentry-python #1573).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        transactions: bool = False,
+        excluded_path: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.app = app
+        self.transactions = transactions
+        self.excluded_path = excluded_path or compile_paths(())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope_type = scope["type"]
+        if scope_type != "http" and scope_type != "websocket":
+            await self.app(scope, receive, send)
+            return
+        entry_root_path = scope.get("root_path", "")
+        processor = _request_processor(
+            scope, entry_root_path, current_request_id(), self.transactions
+        )
+        with sentry_sdk.isolation_scope() as sentry_scope:
+            # A fork inherits the server's breadcrumbs (start-up logs...): start afresh.
+            sentry_scope.clear_breadcrumbs()
+            sentry_scope.add_event_processor(processor)
+            if self.transactions and not self.excluded_path(scope["path"]):
+                await self._traced(scope, receive, send, entry_root_path)
+                return
+            try:
+                await self.app(scope, receive, send)
+            except Exception as exc:
+                _capture_unhandled(exc)
+                raise
+
+    async def _traced(
+        self, scope: Scope, receive: Receive, send: Send, entry_root_path: str
+    ) -> None:
+        """Run the request inside a performance transaction continuing the caller's trace."""
+        transaction = sentry_sdk.continue_trace(
+            _trace_headers(scope),
+            op=f"{scope['type']}.server",
+            name=scope["path"],  # renamed to the route template once routing is done
+            source=TransactionSource.URL,
+            origin="auto.http.amani_observability",
+        )
+
+        async def send_with_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                transaction.set_http_status(message["status"])
+            await send(message)
+
+        with sentry_sdk.start_transaction(
+            transaction, custom_sampling_context={"asgi_scope": scope}
+        ):
+            try:
+                await self.app(scope, receive, send_with_status)
+            except Exception as exc:
+                transaction.set_status("internal_error")
+                _capture_unhandled(exc)
+                raise
+            finally:
+                transaction.name = _endpoint(scope, entry_root_path)
+                transaction.source = TransactionSource.ROUTE
+
+
+def _capture_unhandled(exc: BaseException) -> None:
+    """Report an exception escaping the app; never raise from here."""
+    try:
+        client = sentry_sdk.get_client()
+        event, hint = event_from_exception(
+            exc,
+            client_options=client.options,
+            mechanism={"type": "asgi", "handled": False},
+        )
+        sentry_sdk.capture_event(event, hint=hint)
+    except Exception:  # pragma: no cover - the SDK guards itself; the app's error matters more
+        logger.debug("could not report an exception to Sentry", exc_info=True)
+
+
+def _endpoint(scope: Scope, entry_root_path: str) -> str:
+    return _route_template(scope, entry_root_path) or UNMATCHED_ROUTE
+
+
+def _trace_headers(scope: Scope) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for key, value in scope.get("headers", ()):
+        if key == b"sentry-trace" or key == b"baggage":
+            headers[key.decode("latin-1")] = value.decode("latin-1")
+    return headers
+
+
+def _request_processor(
+    scope: Scope, entry_root_path: str, request_id: str | None, transactions: bool
+) -> Callable[[Any, Any], Any]:
+    """The event processor of one request: everything an event needs, built on demand."""
+    propagation: PropagationContext | None = None
+
+    def processor(event: Any, hint: Any) -> Any:
+        nonlocal propagation
+        endpoint = _endpoint(scope, entry_root_path)
+        tags = event.setdefault("tags", {})
+        if request_id is not None:
+            tags["request_id"] = request_id
+        tags.setdefault("endpoint", endpoint)
+        trace_ids = current_trace_ids()
+        if trace_ids is not None:
+            tags["trace_id"] = trace_ids[0]
+        if event.get("type") != "transaction":
+            if (event.get("transaction_info") or {}).get("source") != TransactionSource.CUSTOM:
+                event["transaction"] = endpoint
+                event["transaction_info"] = {"source": TransactionSource.ROUTE}
+            if not transactions and trace_ids is None:
+                # One Sentry trace per request (continuing an incoming sentry-trace), not
+                # one shared by every request of the process; built only when needed.
+                if propagation is None:
+                    propagation = PropagationContext.from_incoming_data(_trace_headers(scope))
+                event.setdefault("contexts", {})["trace"] = {
+                    "trace_id": propagation.trace_id,
+                    "span_id": propagation.span_id,
+                    "parent_span_id": propagation.parent_span_id,
+                }
+        request = event.get("request") or {}
+        event["request"] = {**_request_data(scope), **request}
+        if isinstance(hint, dict):
+            # Frame variables still hold the raw ASGI scope here (serialised later): let
+            # before_send remove this request's secret values wherever they ended up.
+            hint[_SECRETS_HINT] = _secret_values(scope)
+        return event
+
+    return processor
+
+
+def _request_data(scope: Scope) -> dict[str, Any]:
+    headers: dict[str, str] = {}
+    for raw_key, raw_value in scope.get("headers", ()):
+        key = raw_key.decode("latin-1").lower()
+        if key in _SECRET_HEADERS or _SECRET_NAME(key):
+            continue
+        value = raw_value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    scheme = scope.get("scheme", "http")
+    host = headers.get("host")
+    if host is None:
+        server = scope.get("server")
+        host = f"{server[0]}:{server[1]}" if server else ""
+    path = scope.get("root_path", "") + scope.get("path", "")
+    data: dict[str, Any] = {
+        "method": scope.get("method", "GET" if scope["type"] == "http" else "WEBSOCKET"),
+        "url": f"{scheme}://{host}{quote(path)}" if host else quote(path),
+        "headers": headers,
+    }
+    query = scope.get("query_string", b"")
+    if query:
+        data["query_string"] = _scrub_query(query.decode("latin-1"))
+    return data
+
+
+def _secret_values(scope: Scope) -> list[str]:
+    """The values of this request's secret headers and query parameters, longest first."""
+    values: set[str] = set()
+    for raw_key, raw_value in scope.get("headers", ()):
+        key = raw_key.decode("latin-1").lower()
+        if key in _SECRET_HEADERS or _SECRET_NAME(key):
+            value = raw_value.decode("latin-1")
+            values.add(value)
+            # "Bearer <token>", "a=1; b=2": the parts travel on their own too.
+            values.update(re.split(r"[\s,;=]+", value))
+    query = scope.get("query_string", b"")
+    if query:
+        for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if _SECRET_NAME(name):
+                values.add(value)
+    # Short values ("1", "Bearer") would blank out unrelated text.
+    return sorted((v for v in values if len(v) >= _MIN_SECRET_LENGTH), key=len, reverse=True)
+
+
+def _scrubbing_secrets(before_send: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """Wrap a before_send so that it only ever sees events without the request's secrets."""
+
+    def scrub_then_filter(event: Any, hint: Any) -> Any:
+        secrets = hint.get(_SECRETS_HINT) if isinstance(hint, dict) else None
+        if secrets:
+            event = _scrub_strings(event, secrets)
+        return before_send(event, hint)
+
+    return scrub_then_filter
+
+
+def _scrub_strings(value: Any, secrets: list[str]) -> Any:
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, FILTERED)
+        return value
+    if isinstance(value, dict):
+        return {key: _scrub_strings(item, secrets) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_scrub_strings(item, secrets) for item in value]
+    return value
+
+
+def _scrub_query(query: str) -> str:
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if not any(_SECRET_NAME(name) for name, _ in pairs):
+        return unquote(query)
+    return unquote(
+        urlencode([(name, FILTERED if _SECRET_NAME(name) else value) for name, value in pairs])
+    )
+
+
+# --- the API the guide calls -----------------------------------------------------------------
+
+
+def capture_exception(
+    exc: BaseException,
+    context: Mapping[str, Any] | None = None,
+    user_info: Mapping[str, Any] | None = None,
+    *,
+    context_name: str = CONTEXT_NAME,
+) -> str | None:
+    """Report a handled exception; return the Sentry event ID, or None when not sent.
+
+    `context` becomes the event's context named `context_name` ("details") and
+    `user_info` its user (`id`, `email`, `username`, ...). Both belong to this one event:
+    a later event, in this request or another, does not carry them.
+    """
+    try:
+        with sentry_sdk.new_scope() as scope:
+            if context:
+                scope.set_context(context_name, dict(context))
+            if user_info:
+                scope.set_user(dict(user_info))
+            return scope.capture_exception(exc)
+    except Exception:  # reporting must never turn into the caller's problem
+        logger.debug("could not report an exception to Sentry", exc_info=True)
+        return None
+
+
+def add_breadcrumb(
+    message: str,
+    *,
+    category: str | None = None,
+    level: str = "info",
+    data: Mapping[str, Any] | None = None,
+) -> None:
+    """Record a step on the current request's trail; shown with the next event it sends."""
+    sentry_sdk.add_breadcrumb(
+        message=message,
+        category=category,
+        level=level,
+        data=dict(data) if data else None,
+    )
+
+
+def before_send_handler(event: Any, hint: Any) -> Any:
+    """Sentry's `before_send`: drop noise, keep everything else.
+
+    Dropped: events of requests to the excluded paths (`SENTRY_EXCLUDED_PATHS`, by
+    default /metrics and /health, and `METRICS_PATH`), and HTTP exceptions whose status is
+    below 500 unless listed in `SENTRY_REPORT_STATUS_CODES`. 5xx always report. A service
+    can wrap it: call it first and return None when it does.
+    """
+    policy = _policy
+    request = event.get("request")
+    if isinstance(request, Mapping):
+        url = request.get("url")
+        if isinstance(url, str) and url and policy.excluded_path(urlsplit(url).path or "/"):
+            return None
+    status = http_status_of(hint.get("exc_info") if isinstance(hint, Mapping) else None)
+    if status is not None and status < 500 and status not in policy.report_status_codes:
+        return None
+    return event
+
+
+def http_status_of(exc_info: Any) -> int | None:
+    """The HTTP status an exception stands for, or None when it is not an HTTP error.
+
+    Starlette's and FastAPI's HTTPException (`status_code`), Werkzeug-style
+    HTTPException (`code`) and FastAPI's RequestValidationError (422).
+    """
+    if not exc_info or len(exc_info) < 2 or exc_info[1] is None:
+        return None
+    exc = exc_info[1]
+    for cls in type(exc).__mro__:
+        name = cls.__name__
+        if name in ("RequestValidationError", "WebSocketRequestValidationError"):
+            return 422
+        if name == "HTTPException":
+            code = getattr(exc, "status_code", None)
+            if code is None:
+                code = getattr(exc, "code", None)
+            if isinstance(code, int) and 100 <= code <= 599:
+                return code
+            return None
+    return None

@@ -1,0 +1,704 @@
+"""Sentry: the real sentry-sdk transport against a local stand-in that records envelopes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+import sentry_sdk
+from fastapi import FastAPI, HTTPException
+from fastapi.exceptions import RequestValidationError
+from sentry_sdk.scope import Scope, remove_external_propagation_context
+
+from amani_observability import ConfigurationError, ObservabilitySettings, _correlation, instrument
+from amani_observability import sentry as sentry_module
+from amani_observability.sentry import (
+    SENTRY_DISABLED,
+    SentryMiddleware,
+    add_breadcrumb,
+    before_send_handler,
+    capture_exception,
+    http_status_of,
+    init_sentry,
+)
+from tests.conftest import free_port, lifespan
+from tests.sentry_stand_in import SentryStandIn
+from tests.support import call_asgi, http_scope
+
+
+@pytest.fixture
+def sentry_server() -> Iterator[SentryStandIn]:
+    with SentryStandIn() as stand_in:
+        yield stand_in
+
+
+def _reset_sentry() -> None:
+    client = sentry_sdk.get_client()
+    if client.is_active():
+        client.close(timeout=0)
+    sentry_sdk.get_global_scope().set_client(None)
+    for scope in (
+        sentry_sdk.get_global_scope(),
+        Scope.get_isolation_scope(),
+        Scope.get_current_scope(),
+    ):
+        scope.clear()
+    remove_external_propagation_context()
+    sentry_module._policy = sentry_module.DEFAULT_POLICY
+
+
+@pytest.fixture(autouse=True)
+def fresh_sentry() -> Iterator[None]:
+    """No client, no scope data and the default policy before and after every test."""
+    _reset_sentry()
+    yield
+    _reset_sentry()
+    _correlation.set_trace_ids_getter(None)
+
+
+def settings_for(dsn: str | None, **values: Any) -> ObservabilitySettings:
+    return ObservabilitySettings(sentry_dsn=dsn, log_json=False, metrics_enabled=False, **values)
+
+
+def flush() -> None:
+    sentry_sdk.flush(timeout=10)
+
+
+# --- apps ------------------------------------------------------------------------------------
+
+
+def make_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/items/{item_id}")
+    async def read_item(item_id: int) -> dict[str, int]:
+        if item_id == 0:
+            raise RuntimeError("kaboom for item 0")
+        if item_id == 404:
+            raise HTTPException(status_code=404, detail="no such item")
+        return {"item_id": item_id}
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        raise RuntimeError("database down")
+
+    @app.post("/payments")
+    async def pay() -> dict[str, str]:
+        add_breadcrumb("charging card", category="payment", data={"amount": 100})
+        try:
+            raise ValueError("card declined")
+        except ValueError as exc:
+            capture_exception(
+                exc, context={"payment_id": "pay-1"}, user_info={"id": "u-1", "email": "a@b.c"}
+            )
+        raise LookupError("after the payment")
+
+    return app
+
+
+async def client_for(app: Any) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+
+@asynccontextmanager
+async def serve(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The app's lifespan around a client talking to it in-process."""
+    async with lifespan(app), await client_for(app) as client:
+        yield client
+
+
+async def asgi_request(app: Any, path: str, *, method: str = "GET", headers: Any = ()) -> int:
+    """Call the app as a server would; return the status, swallowing the re-raised error."""
+    messages: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        messages.append(message)
+
+    # The re-raised error is what a server would log; the 500 has been sent by then.
+    with contextlib.suppress(Exception):
+        await app(http_scope(path, method=method, headers=headers), receive, send)
+    return int(next(m["status"] for m in messages if m["type"] == "http.response.start"))
+
+
+# --- set-up ----------------------------------------------------------------------------------
+
+
+def test_without_a_dsn_nothing_starts_and_one_info_line_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="amani_observability")
+    assert init_sentry(settings_for(None)) is False
+    assert [r.getMessage() for r in caplog.records] == [SENTRY_DISABLED]
+    assert sentry_sdk.get_client().is_active() is False
+
+
+async def test_instrument_without_a_dsn_adds_no_sentry_layer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="amani_observability")
+    app = instrument(make_app(), settings_for(None))
+    async with lifespan(app):
+        pass
+    assert [r.getMessage() for r in caplog.records] == [SENTRY_DISABLED]
+    assert sentry_sdk.get_client().is_active() is False
+
+
+def test_a_malformed_dsn_is_a_configuration_error_that_hides_the_value() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        ObservabilitySettings(sentry_dsn="https://secretkey-without-project@o1.ingest.sentry.io")
+    assert str(caught.value) == (
+        "invalid observability settings: SENTRY_DSN: must be a Sentry DSN such as "
+        "https://<key>@o0.ingest.sentry.io/<project>"
+    )
+
+
+def test_a_malformed_dsn_from_the_environment_fails_at_instrument(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SENTRY_DSN", "not-a-dsn")
+    with pytest.raises(ConfigurationError, match="SENTRY_DSN: must be a Sentry DSN"):
+        instrument(make_app())
+
+
+def test_an_empty_dsn_means_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SENTRY_DSN", "")
+    assert ObservabilitySettings().sentry_dsn is None
+
+
+def test_report_status_codes_accept_codes_and_ranges() -> None:
+    settings = ObservabilitySettings(sentry_report_status_codes="422, 400-402")
+    assert settings.sentry_report_status_codes == frozenset({400, 401, 402, 422})
+    assert ObservabilitySettings().sentry_report_status_codes == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("4xx", "must be comma-separated HTTP status codes or ranges, e.g. 422,429 or 400-499"),
+        ("99", "must be HTTP status codes between 100 and 599, e.g. 422,429"),
+        ("499-400", "must be HTTP status codes between 100 and 599, e.g. 422,429"),
+    ],
+)
+def test_bad_report_status_codes_are_refused(value: str, problem: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        ObservabilitySettings(sentry_report_status_codes=value)
+    assert str(caught.value) == (
+        f"invalid observability settings: SENTRY_REPORT_STATUS_CODES={value}: {problem}"
+    )
+
+
+def test_init_passes_environment_release_rates_and_privacy(sentry_server: SentryStandIn) -> None:
+    settings = settings_for(
+        sentry_server.dsn,
+        environment="staging",
+        service_version="1.2.3",
+        sentry_traces_sample_rate=0.25,
+        sentry_profiles_sample_rate=0.5,
+    )
+    assert init_sentry(settings) is True
+    options = sentry_sdk.get_client().options
+    assert (options["dsn"], options["environment"], options["release"]) == (
+        sentry_server.dsn,
+        "staging",
+        "1.2.3",
+    )
+    assert (options["traces_sample_rate"], options["profiles_sample_rate"]) == (0.25, 0.5)
+    assert sentry_sdk.get_client().should_send_default_pii() is False
+
+
+def test_the_sdks_starlette_and_fastapi_integrations_stay_off(
+    sentry_server: SentryStandIn,
+) -> None:
+    init_sentry(settings_for(sentry_server.dsn))
+    installed = set(sentry_sdk.get_client().integrations)
+    assert "starlette" not in installed
+    assert "fastapi" not in installed
+    assert {"logging", "dedupe", "atexit"} <= installed
+
+
+# --- per request -----------------------------------------------------------------------------
+
+
+async def test_an_unhandled_exception_is_reported_once_with_request_id_and_route(
+    sentry_server: SentryStandIn,
+) -> None:
+    app = instrument(make_app(), settings_for(sentry_server.dsn, environment="test"))
+    async with serve(app) as client:
+        response = await client.get("/items/0?page=2", headers={"X-Request-ID": "req-boom-1"})
+        assert response.status_code == 500
+        assert response.headers["x-request-id"] == "req-boom-1"
+        flush()
+    [event] = sentry_server.events()
+    [exception] = event["exception"]["values"]
+    assert (exception["type"], exception["value"]) == ("RuntimeError", "kaboom for item 0")
+    assert exception["mechanism"] == {"type": "asgi", "handled": False}
+    assert event["tags"] == {"request_id": "req-boom-1", "endpoint": "/items/{item_id}"}
+    assert event["transaction"] == "/items/{item_id}"
+    assert event["environment"] == "test"
+    assert event["request"]["method"] == "GET"
+    assert event["request"]["url"] == "http://testserver/items/0"
+    assert event["request"]["query_string"] == "page=2"
+    assert sentry_server.paths == ["/api/1/envelope/"]
+
+
+async def test_the_exception_is_reraised_unchanged(sentry_server: SentryStandIn) -> None:
+    error = KeyError("original")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise error
+
+    init_sentry(settings_for(sentry_server.dsn))
+    with pytest.raises(KeyError) as caught:
+        await call_asgi(SentryMiddleware(app), http_scope("/x"))
+    assert caught.value is error
+    assert caught.value.__cause__ is None
+    assert caught.value.__suppress_context__ is False
+
+
+async def test_receive_is_passed_on_untouched_so_the_body_is_never_read() -> None:
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(receive)
+        message = await receive()
+        seen.append(message["body"])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"payload", "more_body": False}
+
+    async def send(message: Any) -> None:
+        return None
+
+    await SentryMiddleware(app)(http_scope("/upload", method="POST"), receive, send)
+    assert seen == [receive, b"payload"]
+
+
+async def test_lifespan_scopes_pass_through() -> None:
+    calls: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        calls.append(scope["type"])
+
+    await SentryMiddleware(app)({"type": "lifespan"}, None, None)  # type: ignore[arg-type]
+    assert calls == ["lifespan"]
+
+
+async def test_secret_headers_and_query_values_are_removed(sentry_server: SentryStandIn) -> None:
+    app = instrument(make_app(), settings_for(sentry_server.dsn))
+    async with serve(app) as client:
+        await client.get(
+            "/items/0?token=abc123&page=2",
+            headers={
+                "Authorization": "Bearer abc123",
+                "Cookie": "session=abc123",
+                "X-Api-Key": "abc123",
+                "X-Auth-Token": "abc123",
+                "X-Client-Secret": "abc123",
+                "X-Access-Key": "abc123",
+                "X-Forwarded-For": "203.0.113.9",
+                "X-Request-ID": "req-scrub",
+                "Accept": "application/json",
+            },
+        )
+        flush()
+    [event] = sentry_server.events()
+    headers = event["request"]["headers"]
+    assert headers == {
+        "host": "testserver",
+        "accept": "application/json",
+        "accept-encoding": headers["accept-encoding"],
+        "connection": "keep-alive",
+        "user-agent": headers["user-agent"],
+        "x-request-id": "req-scrub",
+        # Added by sentry-sdk's httpx integration to the test client's own request.
+        "sentry-trace": headers["sentry-trace"],
+        "baggage": headers["baggage"],
+    }
+    assert event["request"]["query_string"] == "token=[Filtered]&page=2"
+    # Frame variables held the raw ASGI scope: its secret values are gone there too.
+    leaks = [k for k in _paths(event) if "abc123" in k]
+    assert leaks == []
+    assert ".exception.values[0].stacktrace.frames[0].vars.scope.headers[4][1]=b'[Filtered]'" in (
+        _paths(event)
+    )
+
+
+async def test_health_and_metrics_path_errors_are_dropped(sentry_server: SentryStandIn) -> None:
+    app = instrument(make_app(), settings_for(sentry_server.dsn))
+    async with serve(app) as client:
+        assert (await client.get("/health")).status_code == 500
+        assert (await client.get("/items/0")).status_code == 500
+        flush()
+    assert [e["request"]["url"] for e in sentry_server.events()] == ["http://testserver/items/0"]
+
+
+async def test_handled_http_exceptions_produce_no_event(sentry_server: SentryStandIn) -> None:
+    app = instrument(make_app(), settings_for(sentry_server.dsn))
+    async with serve(app) as client:
+        assert (await client.get("/items/404")).status_code == 404
+        assert (await client.get("/items/not-a-number")).status_code == 422
+        flush()
+    assert sentry_server.events() == []
+
+
+def _validation_error() -> RequestValidationError:
+    return RequestValidationError([{"loc": ("query", "q"), "msg": "missing", "type": "missing"}])
+
+
+def test_4xx_http_exceptions_are_dropped_and_5xx_reported(sentry_server: SentryStandIn) -> None:
+    init_sentry(settings_for(sentry_server.dsn))
+    assert capture_exception(HTTPException(status_code=404)) is None
+    assert capture_exception(HTTPException(status_code=403)) is None
+    assert capture_exception(_validation_error()) is None
+    event_id = capture_exception(HTTPException(status_code=503, detail="upstream down"))
+    flush()
+    [event] = sentry_server.events()
+    assert event["event_id"] == event_id
+    assert event["exception"]["values"][0]["type"] == "HTTPException"
+
+
+def test_listed_status_codes_are_reported(sentry_server: SentryStandIn) -> None:
+    init_sentry(settings_for(sentry_server.dsn, sentry_report_status_codes="422"))
+    assert capture_exception(HTTPException(status_code=404)) is None
+    event_id = capture_exception(_validation_error())
+    flush()
+    [event] = sentry_server.events()
+    assert (event["event_id"], event["exception"]["values"][0]["type"]) == (
+        event_id,
+        "RequestValidationError",
+    )
+
+
+def test_http_status_of_reads_the_common_http_exceptions() -> None:
+    class HTTPException(Exception):  # Werkzeug's shape: `code`
+        code = 410
+
+    def info(exc: BaseException) -> tuple[Any, BaseException, None]:
+        return (type(exc), exc, None)
+
+    assert http_status_of(info(HTTPException())) == 410
+    assert http_status_of(info(_validation_error())) == 422
+    assert http_status_of(info(RuntimeError())) is None
+    assert http_status_of(None) is None
+
+
+def test_before_send_handler_keeps_other_events_and_can_be_wrapped(
+    sentry_server: SentryStandIn,
+) -> None:
+    seen: list[str] = []
+
+    def service_filter(event: Any, hint: Any) -> Any:
+        event = before_send_handler(event, hint)
+        if event is not None:
+            seen.append(event["exception"]["values"][0]["type"])
+            event.setdefault("tags", {})["team"] = "payments"
+        return event
+
+    init_sentry(settings_for(sentry_server.dsn, sentry_before_send=service_filter))
+    assert capture_exception(HTTPException(status_code=404)) is None
+    capture_exception(ValueError("kept"))
+    flush()
+    [event] = sentry_server.events()
+    assert (event["exception"]["values"][0]["value"], event["tags"]) == (
+        "kept",
+        {"team": "payments"},
+    )
+    assert seen == ["ValueError"]
+
+
+async def test_capture_exception_context_and_user_belong_to_that_event_only(
+    sentry_server: SentryStandIn,
+) -> None:
+    app = instrument(make_app(), settings_for(sentry_server.dsn))
+    async with serve(app) as client:
+        response = await client.post("/payments", headers={"X-Request-ID": "req-pay"})
+        assert response.status_code == 500
+        flush()
+    handled, unhandled = sentry_server.events()
+    assert handled["exception"]["values"][0]["value"] == "card declined"
+    assert handled["contexts"]["details"] == {"payment_id": "pay-1"}
+    assert handled["user"] == {"id": "u-1", "email": "a@b.c"}
+    assert handled["tags"]["request_id"] == "req-pay"
+    assert [c["message"] for c in handled["breadcrumbs"]["values"]] == ["charging card"]
+    assert handled["breadcrumbs"]["values"][0]["data"] == {"amount": 100}
+    assert unhandled["exception"]["values"][0]["value"] == "after the payment"
+    assert "details" not in unhandled["contexts"]
+    assert "user" not in unhandled
+    assert unhandled["tags"]["request_id"] == "req-pay"
+
+
+def test_capture_exception_without_sentry_returns_none() -> None:
+    assert capture_exception(ValueError("nobody listens")) is None
+
+
+async def test_200_concurrent_failing_requests_keep_their_own_user_and_request_id(
+    sentry_server: SentryStandIn,
+) -> None:
+    settings = settings_for(sentry_server.dsn)
+    # Started directly (no lifespan) so the queue can hold the burst of 200 events.
+    init_sentry(settings, transport_queue_size=1000)
+    app = FastAPI()
+    total = 200
+    arrived = 0
+    everyone_in = asyncio.Event()
+
+    @app.get("/users/{user_id}/fail")
+    async def fail(user_id: str) -> None:
+        nonlocal arrived
+        sentry_sdk.set_user({"id": user_id})
+        add_breadcrumb(f"started {user_id}", category="test")
+        arrived += 1
+        if arrived == total:
+            everyone_in.set()
+        # Every request is in flight, its scope populated, before any of them fails.
+        await asyncio.wait_for(everyone_in.wait(), 20)
+        raise RuntimeError(f"failure of {user_id}")
+
+    instrument(app, settings)
+    async with await client_for(app) as client:
+        responses = await asyncio.wait_for(
+            asyncio.gather(
+                *(
+                    client.get(f"/users/u{i}/fail", headers={"X-Request-ID": f"req-u{i}"})
+                    for i in range(total)
+                )
+            ),
+            60,
+        )
+    assert [r.status_code for r in responses] == [500] * total
+    assert [r.headers["x-request-id"] for r in responses] == [f"req-u{i}" for i in range(total)]
+    flush()
+    events = sentry_server.events()
+    assert len(events) == total
+    for event in events:
+        user = event["user"]["id"]
+        assert event["user"] == {"id": user}
+        assert event["tags"]["request_id"] == f"req-{user}"
+        assert event["exception"]["values"][0]["value"] == f"failure of {user}"
+        assert [c["message"] for c in event["breadcrumbs"]["values"]] == [f"started {user}"]
+    assert sorted(e["user"]["id"] for e in events) == sorted(f"u{i}" for i in range(total))
+
+
+async def test_errors_of_one_request_share_a_trace_and_continue_an_incoming_one(
+    sentry_server: SentryStandIn,
+) -> None:
+    app = instrument(make_app(), settings_for(sentry_server.dsn))
+    incoming = "771a43a4192642f0b136d5159a501700-1234567890abcdef-1"
+    async with lifespan(app):
+        # Raw ASGI calls: an httpx client would get its own sentry-trace from the SDK.
+        await asgi_request(app, "/payments", method="POST", headers=[("sentry-trace", incoming)])
+        await asgi_request(app, "/payments", method="POST")
+        flush()
+    first, second, third, fourth = sentry_server.events()
+    assert first["contexts"]["trace"]["trace_id"] == "771a43a4192642f0b136d5159a501700"
+    assert first["contexts"]["trace"]["parent_span_id"] == "1234567890abcdef"
+    assert second["contexts"]["trace"]["trace_id"] == "771a43a4192642f0b136d5159a501700"
+    assert third["contexts"]["trace"]["trace_id"] == fourth["contexts"]["trace"]["trace_id"]
+    assert third["contexts"]["trace"]["trace_id"] != first["contexts"]["trace"]["trace_id"]
+    assert len(third["contexts"]["trace"]["trace_id"]) == 32
+
+
+async def test_events_carry_the_opentelemetry_trace_when_tracing_is_on(
+    sentry_server: SentryStandIn,
+) -> None:
+    _correlation.set_trace_ids_getter(lambda: ("ab" * 16, "cd" * 8))
+    app = instrument(
+        make_app(), settings_for(sentry_server.dsn, tracing_enabled=True, tracing_exporter="none")
+    )
+    async with serve(app) as client:
+        await client.get("/items/0", headers={"X-Request-ID": "req-otel"})
+        flush()
+    [event] = sentry_server.events()
+    assert event["tags"] == {
+        "request_id": "req-otel",
+        "endpoint": "/items/{item_id}",
+        "trace_id": "ab" * 16,
+    }
+    assert event["contexts"]["trace"]["trace_id"] == "ab" * 16
+    assert event["contexts"]["trace"]["span_id"] == "cd" * 8
+
+
+async def test_errors_only_mode_sends_no_transactions(sentry_server: SentryStandIn) -> None:
+    app = instrument(make_app(), settings_for(sentry_server.dsn))
+    async with serve(app) as client:
+        assert (await client.get("/items/7")).status_code == 200
+        flush()
+    assert sentry_server.envelopes == []
+
+
+async def test_sampled_requests_become_transactions_named_by_route_continuing_the_trace(
+    sentry_server: SentryStandIn,
+) -> None:
+    app = instrument(make_app(), settings_for(sentry_server.dsn, sentry_traces_sample_rate=1.0))
+    incoming = "771a43a4192642f0b136d5159a501700-1234567890abcdef-1"
+    async with lifespan(app):
+        headers = [("sentry-trace", incoming), ("X-Request-ID", "req-t")]
+        assert await asgi_request(app, "/items/7", headers=headers) == 200
+        assert await asgi_request(app, "/items/0") == 500
+        assert await asgi_request(app, "/health") == 500
+        assert await asgi_request(app, "/nowhere") == 404
+        flush()
+    transactions = sentry_server.transactions()
+    assert [t["transaction"] for t in transactions] == [
+        "/items/{item_id}",
+        "/items/{item_id}",
+        "<unmatched>",
+    ]
+    ok, failed, unmatched = transactions
+    assert ok["transaction_info"] == {"source": "route"}
+    assert ok["contexts"]["trace"]["trace_id"] == "771a43a4192642f0b136d5159a501700"
+    assert ok["contexts"]["trace"]["parent_span_id"] == "1234567890abcdef"
+    assert ok["contexts"]["trace"]["data"]["http.response.status_code"] == 200
+    assert ok["tags"]["request_id"] == "req-t"
+    assert failed["contexts"]["trace"]["status"] == "internal_error"
+    assert unmatched["contexts"]["trace"]["data"]["http.response.status_code"] == 404
+    [error] = sentry_server.events()
+    assert error["contexts"]["trace"]["trace_id"] == failed["contexts"]["trace"]["trace_id"]
+
+
+# --- delivery and failure isolation ----------------------------------------------------------
+
+
+async def test_shutdown_flushes_queued_events() -> None:
+    with SentryStandIn(delay=0.5) as slow:
+        app = instrument(make_app(), settings_for(slow.dsn))
+        async with lifespan(app), await client_for(app) as client:
+            await client.get("/items/0")
+        # No explicit flush: the lifespan shutdown waited for the delivery.
+        assert len(slow.events()) == 1
+        assert sentry_sdk.get_client().transport is None  # closed
+
+
+@pytest.mark.parametrize("target", ["closed port", "black hole"])
+async def test_an_unreachable_or_silent_sentry_never_slows_or_breaks_requests(target: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as black_hole:
+        if target == "black hole":
+            # Accepts connections (the kernel's backlog does) and never answers.
+            black_hole.bind(("127.0.0.1", 0))
+            black_hole.listen(64)
+            port = black_hole.getsockname()[1]
+        else:
+            port = free_port()
+        app = instrument(make_app(), settings_for(f"http://key@127.0.0.1:{port}/1"))
+        stuck: list[socket.socket] = []
+        async with lifespan(app), await client_for(app) as client:
+            durations = []
+            for i in range(20):
+                started = time.perf_counter()
+                response = await client.get(f"/items/{i % 2}")
+                durations.append(time.perf_counter() - started)
+                assert response.status_code == (500 if i % 2 == 0 else 200)
+            if target == "black hole":
+                # The SDK did try to deliver, and is stuck waiting for an answer...
+                black_hole.settimeout(10)
+                connection, _ = black_hole.accept()
+                stuck.append(connection)  # kept open and silent through the shutdown
+            started_shutdown = time.perf_counter()
+        shutdown = time.perf_counter() - started_shutdown
+        for connection in stuck:
+            connection.close()
+    # ... yet no request waited for it (the SDK's socket timeout is 30 s): delivery runs
+    # on the SDK's worker thread. The bound is loose for a busy CI machine.
+    assert max(durations) < 3.0
+    # The flush at shutdown is bounded by FLUSH_TIMEOUT (2 s), whatever Sentry does.
+    assert shutdown < sentry_module.FLUSH_TIMEOUT + 1.5
+
+
+def _paths(value: Any, prefix: str = "") -> list[str]:
+    """Every leaf of a JSON document as "path=value", to find where a secret went."""
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _paths(v, f"{prefix}.{k}")]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _paths(v, f"{prefix}[{i}]")]
+    return [f"{prefix}={value}"]
+
+
+def test_the_opentelemetry_bridge_is_removed_when_tracing_is_turned_off(
+    sentry_server: SentryStandIn,
+) -> None:
+    from sentry_sdk.scope import has_external_propagation_context
+
+    init_sentry(settings_for(sentry_server.dsn, tracing_enabled=True, tracing_exporter="none"))
+    assert has_external_propagation_context() is True
+    init_sentry(settings_for(sentry_server.dsn))
+    assert has_external_propagation_context() is False
+
+
+async def test_access_log_lines_do_not_become_breadcrumbs(sentry_server: SentryStandIn) -> None:
+    settings = ObservabilitySettings(
+        sentry_dsn=sentry_server.dsn, log_json=True, metrics_enabled=False
+    )
+    app = instrument(make_app(), settings)
+    async with lifespan(app):
+        assert await asgi_request(app, "/items/7") == 200
+        capture_exception(ValueError("outside any request"))
+        flush()
+    [event] = sentry_server.events()
+    crumbs = event.get("breadcrumbs", {}).get("values", [])
+    assert [c for c in crumbs if c.get("category") == "amani_observability.access"] == []
+
+
+def test_init_sentry_alone_reads_the_environment(
+    sentry_server: SentryStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SENTRY_DSN", sentry_server.dsn)
+    monkeypatch.setenv("ENVIRONMENT", "worker")
+    assert init_sentry() is True
+    capture_exception(ValueError("from a script"))
+    flush()
+    [event] = sentry_server.events()
+    assert (event["environment"], event["exception"]["values"][0]["value"]) == (
+        "worker",
+        "from a script",
+    )
+
+
+async def test_a_failing_websocket_is_reported_with_its_url(sentry_server: SentryStandIn) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise ConnectionAbortedError("socket gone")
+
+    init_sentry(settings_for(sentry_server.dsn))
+    scope = http_scope("/ws/chat", type="websocket", scheme="ws", headers=[("host", "chat")])
+    del scope["method"]
+    with pytest.raises(ConnectionAbortedError):
+        await SentryMiddleware(app)(scope, None, None)  # type: ignore[arg-type]
+    flush()
+    [event] = sentry_server.events()
+    assert (event["request"]["method"], event["request"]["url"]) == (
+        "WEBSOCKET",
+        "ws://chat/ws/chat",
+    )
+    assert event["transaction"] == "<unmatched>"
+
+
+async def test_excluded_paths_are_configurable(sentry_server: SentryStandIn) -> None:
+    settings = settings_for(sentry_server.dsn, sentry_excluded_paths="/internal/.*")
+    init_sentry(settings)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError(scope["path"])
+
+    middleware = SentryMiddleware(app)
+    for path in ("/internal/jobs", "/metrics", "/health", "/public"):
+        with pytest.raises(RuntimeError):
+            await middleware(http_scope(path), None, None)  # type: ignore[arg-type]
+    flush()
+    # /health is no longer excluded once the list is replaced; METRICS_PATH always is.
+    assert [e["exception"]["values"][0]["value"] for e in sentry_server.events()] == [
+        "/health",
+        "/public",
+    ]
