@@ -78,7 +78,11 @@ def test_configuration_rows_follow_the_order_of_settings_py() -> None:
 def _documented_default(field: FieldInfo) -> str | None:
     """How a scalar default is written in the table; None where prose describes it."""
     default = field.default
-    if default is None or isinstance(default, (list, tuple)) or field.default_factory:
+    if (
+        default is None
+        or isinstance(default, (list, tuple, set, frozenset))
+        or field.default_factory
+    ):
         return None
     if isinstance(default, bool):
         return "true" if default else "false"
