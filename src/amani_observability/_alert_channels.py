@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
@@ -126,6 +127,12 @@ def default_dedup_key(service: str, summary: str) -> str:
     return f"{service[: PAGERDUTY_DEDUP_KEY_LIMIT - 34]}-{digest}"
 
 
+def _url_secrets(url: str) -> tuple[str, ...]:
+    # A webhook's path is its credential; a receiver may echo it back without the host.
+    path = urlsplit(url).path
+    return (url, path) if len(path) > 1 else (url,)
+
+
 class SlackChannel:
     """Slack incoming webhook: a `text` fallback plus an attachment coloured by severity."""
 
@@ -148,6 +155,7 @@ class SlackChannel:
             # Slack allows about one message per second per webhook (HTTP 429 beyond).
             pace_key="slack:" + hashlib.sha256(url.encode()).hexdigest(),
             pace_seconds=self._pace_seconds,
+            secrets=_url_secrets(url),
         )
 
 
@@ -246,7 +254,10 @@ class WebhookChannel:
     def request(self, alert: Alert) -> ChannelRequest | None:
         if self._url is None:
             return None
-        return ChannelRequest(url=self._url.get_secret_value(), content=dumps(webhook_body(alert)))
+        url = self._url.get_secret_value()
+        return ChannelRequest(
+            url=url, content=dumps(webhook_body(alert)), secrets=_url_secrets(url)
+        )
 
 
 def webhook_body(alert: Alert) -> dict[str, Any]:

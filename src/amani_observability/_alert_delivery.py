@@ -8,13 +8,15 @@ answer, never from the URL or the request body, so they hold no secret.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
+from prometheus_client import REGISTRY, Counter
 
 from ._alert_channels import ChannelRequest
 
@@ -168,3 +170,49 @@ async def deliver(
                 f"{error}; the next try ({wait:.1f} s) would pass the deadline",
             )  # fmt: skip
         await asyncio.sleep(wait)
+
+
+def alerts_sent_counter() -> Counter:
+    """`alerts_sent_total{channel, outcome}`, get-or-create in the default registry, so a
+    second dispatcher (or a re-imported module in tests) never hits "Duplicated timeseries"."""
+    existing = REGISTRY._names_to_collectors.get("alerts_sent_total")
+    if isinstance(existing, Counter):
+        return existing
+    return Counter(
+        "alerts_sent_total",
+        "Alerts handled by the dispatcher, by channel and outcome "
+        "(delivered, failed, throttled, not_configured, rejected, dropped).",
+        ["channel", "outcome"],
+    )
+
+
+class _RedactSecretURLs(logging.Filter):
+    """httpx logs every request URL at INFO; a webhook URL is a credential, so hide it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if self.urls and isinstance(args, tuple):
+            record.args = tuple(
+                _redacted(a) if isinstance(a, (str, httpx.URL)) and str(a) in self.urls else a
+                for a in args
+            )
+        return True
+
+
+def _redacted(url: Any) -> str:
+    parsed = httpx.URL(str(url))
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{parsed.scheme}://{parsed.host}{port}/***"
+
+
+url_filter = _RedactSecretURLs()
+
+
+def hide_in_httpx_logs(url: str) -> None:
+    if url_filter not in logging.getLogger("httpx").filters:
+        logging.getLogger("httpx").addFilter(url_filter)
+    url_filter.urls.update({url, str(httpx.URL(url))})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import socket
 import time
@@ -24,7 +25,6 @@ from types import TracebackType
 from typing import Any
 
 import httpx
-from prometheus_client import REGISTRY, Counter
 
 from ._alert_channels import (
     ACTIONS,
@@ -38,8 +38,17 @@ from ._alert_channels import (
     SlackChannel,
     WebhookChannel,
 )
-from ._alert_delivery import OUTCOMES, AlertResult, Backoff, Outcome, deliver
-from ._alert_delivery import Pacer as _Pacer
+from ._alert_delivery import (
+    OUTCOMES,
+    AlertResult,
+    Backoff,
+    Outcome,
+    Pacer,
+    alerts_sent_counter,
+    deliver,
+    hide_in_httpx_logs,
+)
+from ._alert_queue import Backlog
 from ._version import __version__
 from .settings import ObservabilitySettings
 
@@ -69,59 +78,15 @@ DEFAULT_CHANNELS: tuple[str, ...] = ("slack", "pagerduty")
 DRAIN_TIMEOUT = 4.0
 # Sends the queue worker runs at once: enough to hide a slow endpoint, few enough to
 # keep a burst from opening a hundred connections.
-WORKERS = 8
+WORKERS = 2
 # The same kind of delivery failure is logged at most once per this many seconds.
 LOG_INTERVAL = 60.0
 # Throttle entries kept before expired ones are swept.
 _THROTTLE_SWEEP_AT = 4096
 
 _installed: AlertDispatcher | None = None
-
-
-def alerts_sent_counter() -> Counter:
-    """`alerts_sent_total{channel, outcome}`, get-or-create in the default registry, so a
-    second dispatcher (or a re-imported module in tests) never hits "Duplicated timeseries"."""
-    existing = REGISTRY._names_to_collectors.get("alerts_sent_total")
-    if isinstance(existing, Counter):
-        return existing
-    return Counter(
-        "alerts_sent_total",
-        "Alerts handled by the dispatcher, by channel and outcome "
-        "(delivered, failed, throttled, not_configured, rejected, dropped).",
-        ["channel", "outcome"],
-    )
-
-
-class _RedactSecretURLs(logging.Filter):
-    """httpx logs every request URL at INFO; a webhook URL is a credential, so hide it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.urls: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if self.urls and isinstance(args, tuple):
-            record.args = tuple(
-                _redacted(a) if isinstance(a, (str, httpx.URL)) and str(a) in self.urls else a
-                for a in args
-            )
-        return True
-
-
-def _redacted(url: Any) -> str:
-    parsed = httpx.URL(str(url))
-    port = f":{parsed.port}" if parsed.port else ""
-    return f"{parsed.scheme}://{parsed.host}{port}/***"
-
-
-_url_filter = _RedactSecretURLs()
-
-
-def _hide_in_httpx_logs(url: str) -> None:
-    if _url_filter not in logging.getLogger("httpx").filters:
-        logging.getLogger("httpx").addFilter(_url_filter)
-    _url_filter.urls.update({url, str(httpx.URL(url))})
+# What submit() queues: message, severity, context, channel names, time.time().
+_Queued = tuple[str, str, "dict[str, Any] | None", tuple[str, ...], float]
 
 
 class AlertDispatcher:
@@ -150,7 +115,6 @@ class AlertDispatcher:
         self._timeout = settings.alert_timeout_seconds
         self._max_retries = settings.alert_max_retries
         self._throttle_seconds = settings.alert_throttle_seconds
-        self._queue_size = settings.alert_queue_size
         self._backoff = backoff or Backoff()
         self._drain_timeout = drain_timeout
         self._transport = transport
@@ -164,24 +128,25 @@ class AlertDispatcher:
             self.add_channel(channel)
         for secret in (settings.slack_webhook_url, settings.alert_webhook_url):
             if secret is not None:
-                _hide_in_httpx_logs(secret.get_secret_value())
+                hide_in_httpx_logs(secret.get_secret_value())
         self._counter = alerts_sent_counter()
-        self._pacer = _Pacer()
+        self._pacer = Pacer()
         self._client: httpx.AsyncClient | None = None
+        self._client_lock = asyncio.Lock()
+        self._warm_up: asyncio.Task[httpx.AsyncClient] | None = None
         self._last_sent: dict[tuple[str, ...], float] = {}
         self._last_logged: dict[tuple[str, str], float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[tuple[Alert, tuple[str, ...]]] | None = None
-        self._worker: asyncio.Task[None] | None = None
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._backlog: Backlog[_Queued] = Backlog(
+            settings.alert_queue_size, WORKERS, self._send_queued
+        )
         self._accepting = True
         self._closed = False
         self.dropped = 0
 
     def __repr__(self) -> str:
-        queued = self._queue.qsize() if self._queue is not None else 0
         return (
-            f"AlertDispatcher(channels={list(self._channels)}, queued={queued}, "
+            f"AlertDispatcher(channels={list(self._channels)}, queued={len(self._backlog)}, "
             f"dropped={self.dropped}, closed={self._closed})"
         )
 
@@ -240,21 +205,26 @@ class AlertDispatcher:
 
         Callable from the event loop or, once the dispatcher has run on a loop, from
         other threads (sync endpoints in a thread pool)."""
+        if severity not in SEVERITIES:
+            raise ValueError(
+                f"unknown alert severity {severity!r}; choose one of {_or(SEVERITIES)}"
+            )
         names = self._channel_names(channels)
-        alert = self._alert(message, severity, context)
         if not self._accepting:
             return self._drop(names, "the dispatcher is shut down")
+        # Only what must be captured now; the worker builds the alert.
+        item = (str(message), severity, dict(context) if context else None, names, time.time())
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is not None and self._loop in (None, running):
             self._start_worker(running)
-            return self._enqueue(alert, names)
+            return self._enqueue(item)
         loop = self._loop
         if loop is not None:
             try:
-                loop.call_soon_threadsafe(self._enqueue, alert, names)
+                loop.call_soon_threadsafe(self._enqueue, item)
             except RuntimeError:  # that loop is closed
                 return self._drop(names, "its event loop is closed")
             return True
@@ -281,20 +251,14 @@ class AlertDispatcher:
         if _installed is self:
             _installed = None
         wait = self._drain_timeout if timeout is None else timeout
-        queue, worker = self._queue, self._worker
-        if queue is not None and worker is not None:
-            try:
-                await asyncio.wait_for(queue.join(), wait)
-            except asyncio.TimeoutError:
-                left = queue.qsize() + len(self._in_flight)
-                self.dropped += left
-                logger.warning(
-                    "%d queued alerts were not sent within the %g s shutdown wait", left, wait
-                )
-            tasks = [worker, *self._in_flight]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        left = await self._backlog.drain(wait)
+        if left:
+            self.dropped += left
+            logger.warning(
+                "%d queued alerts were not sent within the %g s shutdown wait", left, wait
+            )
+        if self._warm_up is not None:
+            await asyncio.gather(self._warm_up, return_exceptions=True)
         self._closed = True
         if self._client is not None:
             await self._client.aclose()
@@ -320,6 +284,7 @@ class AlertDispatcher:
         *,
         action: Action = "trigger",
         dedup_key: str | None = None,
+        timestamp: float | None = None,
     ) -> Alert:
         if severity not in SEVERITIES:
             raise ValueError(
@@ -330,7 +295,9 @@ class AlertDispatcher:
             severity=severity,  # type: ignore[arg-type]
             # A copy: the caller may change its dict while the alert waits in the queue.
             context=dict(context) if context else {},
-            timestamp=datetime.now(timezone.utc),
+            timestamp=datetime.fromtimestamp(
+                time.time() if timestamp is None else timestamp, timezone.utc
+            ),
             service=self._service,
             environment=self._environment,
             host=self._host,
@@ -374,7 +341,7 @@ class AlertDispatcher:
             # Marked before sending, so a burst of the same alert sends it once.
             self._last_sent[key] = now
         result = await deliver(
-            self._http(),
+            await self._http(),
             name,
             request,
             timeout=self._timeout,
@@ -386,16 +353,27 @@ class AlertDispatcher:
             del self._last_sent[key]  # not delivered: a later try must not be throttled
         return result
 
-    def _http(self) -> httpx.AsyncClient:
+    async def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            # Created on first use, inside the worker process and its event loop.
-            self._client = httpx.AsyncClient(
-                transport=self._transport,
-                timeout=self._timeout,
-                follow_redirects=False,
-                headers={"user-agent": f"amani-observability/{__version__}"},
-            )
+            async with self._client_lock:
+                if self._client is None:
+                    # Building a client loads the CA bundle (tens of milliseconds of CPU):
+                    # done in a thread so the event loop never stalls on it.
+                    self._client = await asyncio.to_thread(self._new_client)
         return self._client
+
+    def _new_client(self) -> httpx.AsyncClient:
+        # httpcore imports anyio's asyncio backend on its first request (~0.1 s): here,
+        # in the thread, rather than on the event loop in the middle of a burst.
+        for module in ("anyio._backends._asyncio", "anyio.streams.tls"):
+            with contextlib.suppress(ImportError):
+                importlib.import_module(module)
+        return httpx.AsyncClient(
+            transport=self._transport,
+            timeout=self._timeout,
+            follow_redirects=False,
+            headers={"user-agent": f"amani-observability/{__version__}"},
+        )
 
     def _record(self, result: AlertResult) -> None:
         self._counter.labels(result.channel, result.outcome).inc()
@@ -413,19 +391,17 @@ class AlertDispatcher:
             logger.warning(message, *args)
 
     def _start_worker(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._worker is None and self._accepting:
+        if not self._backlog.started and self._accepting:
             self._loop = loop
-            self._queue = asyncio.Queue(self._queue_size)
-            self._worker = loop.create_task(self._work(self._queue))
+            self._backlog.start(loop)
+            # Build the HTTP client now, so the first alert does not wait for it.
+            self._warm_up = loop.create_task(self._http())
 
-    def _enqueue(self, alert: Alert, names: tuple[str, ...]) -> bool:
-        queue = self._queue
-        if queue is None or not self._accepting:
-            return self._drop(names, "the dispatcher is shut down")
-        try:
-            queue.put_nowait((alert, names))
-        except asyncio.QueueFull:
-            return self._drop(names, f"the queue is full ({self._queue_size} alerts)")
+    def _enqueue(self, item: _Queued) -> bool:
+        if not self._accepting:
+            return self._drop(item[3], "the dispatcher is shut down")
+        if not self._backlog.put(item):
+            return self._drop(item[3], f"the queue is full ({self._backlog.size} alerts)")
         return True
 
     def _drop(self, names: tuple[str, ...], reason: str) -> bool:
@@ -435,27 +411,10 @@ class AlertDispatcher:
         self._log_rate_limited(("*", "dropped"), "alert dropped: %s", reason)
         return False
 
-    async def _work(self, queue: asyncio.Queue[tuple[Alert, tuple[str, ...]]]) -> None:
-        slots = asyncio.Semaphore(WORKERS)
-        while True:
-            alert, names = await queue.get()
-            await slots.acquire()
-            task = asyncio.create_task(self._send_queued(queue, slots, alert, names))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
-
-    async def _send_queued(
-        self,
-        queue: asyncio.Queue[tuple[Alert, tuple[str, ...]]],
-        slots: asyncio.Semaphore,
-        alert: Alert,
-        names: tuple[str, ...],
-    ) -> None:
-        try:
-            await asyncio.gather(*(self._send_one(name, alert) for name in names))
-        finally:
-            slots.release()
-            queue.task_done()
+    async def _send_queued(self, item: _Queued) -> None:
+        message, severity, context, names, timestamp = item
+        alert = self._alert(message, severity, context, timestamp=timestamp)
+        await asyncio.gather(*(self._send_one(name, alert) for name in names))
 
 
 def _or(choices: Iterable[str]) -> str:
