@@ -8,6 +8,8 @@ answer, never from the URL or the request body, so they hold no secret.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
 import logging
 import random
 import time
@@ -19,6 +21,7 @@ import httpx
 from prometheus_client import REGISTRY, Counter
 
 from ._alert_channels import ChannelRequest
+from ._version import __version__
 
 Outcome = Literal["delivered", "failed", "throttled", "not_configured", "rejected"]
 OUTCOMES: tuple[str, ...] = ("delivered", "failed", "throttled", "not_configured", "rejected")
@@ -68,6 +71,51 @@ class Pacer:
     def hold(self, key: str, until: float) -> None:
         # After a 429 every sender to that webhook waits out Retry-After, not just this one.
         self._next_free[key] = max(until, self._next_free.get(key, 0.0))
+
+
+class Throttle:
+    """Remembers when each alert key was last sent; a key sent within `seconds` is not
+    sent again. The mark is taken before sending, so a burst of one alert goes out once."""
+
+    # Entries kept before expired ones are swept.
+    SWEEP_AT = 4096
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._last: dict[tuple[str, ...], float] = {}
+
+    def claim(self, key: tuple[str, ...]) -> float | None:
+        """The claim's time, or None when `key` was sent too recently."""
+        now = time.monotonic()
+        if self.seconds <= 0:
+            return now
+        last = self._last.get(key)
+        if last is not None and now - last < self.seconds:
+            return None
+        if len(self._last) >= self.SWEEP_AT:
+            horizon = now - self.seconds
+            self._last = {k: t for k, t in self._last.items() if t > horizon}
+        self._last[key] = now
+        return now
+
+    def release(self, key: tuple[str, ...], claim: float) -> None:
+        if self._last.get(key) == claim:
+            del self._last[key]
+
+
+def new_client(*, transport: httpx.AsyncBaseTransport | None, timeout: float) -> httpx.AsyncClient:
+    """The dispatcher's HTTP client. Call it in a thread: it loads the CA bundle."""
+    # httpcore imports anyio's asyncio backend on its first request (~0.1 s): do it here,
+    # off the event loop, rather than in the middle of the first burst of alerts.
+    for module in ("anyio._backends._asyncio", "anyio.streams.tls"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
+    return httpx.AsyncClient(
+        transport=transport,
+        timeout=timeout,
+        follow_redirects=False,
+        headers={"user-agent": f"amani-observability/{__version__}"},
+    )
 
 
 def retry_after_seconds(value: str | None) -> float | None:

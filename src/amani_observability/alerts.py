@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import socket
 import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -44,12 +43,13 @@ from ._alert_delivery import (
     Backoff,
     Outcome,
     Pacer,
+    Throttle,
     alerts_sent_counter,
     deliver,
     hide_in_httpx_logs,
+    new_client,
 )
 from ._alert_queue import Backlog
-from ._version import __version__
 from .settings import ObservabilitySettings
 
 __all__ = [
@@ -81,8 +81,6 @@ DRAIN_TIMEOUT = 4.0
 WORKERS = 2
 # The same kind of delivery failure is logged at most once per this many seconds.
 LOG_INTERVAL = 60.0
-# Throttle entries kept before expired ones are swept.
-_THROTTLE_SWEEP_AT = 4096
 
 _installed: AlertDispatcher | None = None
 # What submit() queues: message, severity, context, channel names, time.time().
@@ -114,7 +112,6 @@ class AlertDispatcher:
         self._host = socket.gethostname()
         self._timeout = settings.alert_timeout_seconds
         self._max_retries = settings.alert_max_retries
-        self._throttle_seconds = settings.alert_throttle_seconds
         self._backoff = backoff or Backoff()
         self._drain_timeout = drain_timeout
         self._transport = transport
@@ -134,7 +131,7 @@ class AlertDispatcher:
         self._client: httpx.AsyncClient | None = None
         self._client_lock = asyncio.Lock()
         self._warm_up: asyncio.Task[httpx.AsyncClient] | None = None
-        self._last_sent: dict[tuple[str, ...], float] = {}
+        self._throttle = Throttle(settings.alert_throttle_seconds)
         self._last_logged: dict[tuple[str, str], float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._backlog: Backlog[_Queued] = Backlog(
@@ -178,7 +175,9 @@ class AlertDispatcher:
     ) -> AlertResult:
         if action not in ACTIONS:
             raise ValueError(f"unknown PagerDuty action {action!r}; choose one of {_or(ACTIONS)}")
-        alert = self._alert(summary, severity, context, action=action, dedup_key=dedup_key)  # type: ignore[arg-type]
+        alert = self._alert(
+            summary, severity, context, action=cast(Action, action), dedup_key=dedup_key
+        )
         return await self._send_one("pagerduty", alert)
 
     async def send_alert(
@@ -205,10 +204,7 @@ class AlertDispatcher:
 
         Callable from the event loop or, once the dispatcher has run on a loop, from
         other threads (sync endpoints in a thread pool)."""
-        if severity not in SEVERITIES:
-            raise ValueError(
-                f"unknown alert severity {severity!r}; choose one of {_or(SEVERITIES)}"
-            )
+        _check_severity(severity)
         names = self._channel_names(channels)
         if not self._accepting:
             return self._drop(names, "the dispatcher is shut down")
@@ -286,10 +282,7 @@ class AlertDispatcher:
         dedup_key: str | None = None,
         timestamp: float | None = None,
     ) -> Alert:
-        if severity not in SEVERITIES:
-            raise ValueError(
-                f"unknown alert severity {severity!r}; choose one of {_or(SEVERITIES)}"
-            )
+        _check_severity(severity)
         return Alert(
             message=str(message),
             severity=severity,  # type: ignore[arg-type]
@@ -330,16 +323,9 @@ class AlertDispatcher:
         if request is None:
             return AlertResult(name, False, "not_configured", None, 0, f"{name} is not configured")
         key = (name, alert.severity, alert.action, alert.dedup_key or "", alert.message)
-        now = time.monotonic()
-        if self._throttle_seconds > 0:
-            last = self._last_sent.get(key)
-            if last is not None and now - last < self._throttle_seconds:
-                return AlertResult(name, False, "throttled", None, 0, "sent recently; throttled")
-            if len(self._last_sent) >= _THROTTLE_SWEEP_AT:
-                horizon = now - self._throttle_seconds
-                self._last_sent = {k: t for k, t in self._last_sent.items() if t > horizon}
-            # Marked before sending, so a burst of the same alert sends it once.
-            self._last_sent[key] = now
+        claim = self._throttle.claim(key)
+        if claim is None:
+            return AlertResult(name, False, "throttled", None, 0, "sent recently; throttled")
         result = await deliver(
             await self._http(),
             name,
@@ -349,8 +335,8 @@ class AlertDispatcher:
             backoff=self._backoff,
             pacer=self._pacer,
         )
-        if not result.ok and self._last_sent.get(key) == now:
-            del self._last_sent[key]  # not delivered: a later try must not be throttled
+        if not result.ok:
+            self._throttle.release(key, claim)  # not delivered: a later try may go out
         return result
 
     async def _http(self) -> httpx.AsyncClient:
@@ -358,22 +344,11 @@ class AlertDispatcher:
             async with self._client_lock:
                 if self._client is None:
                     # Building a client loads the CA bundle (tens of milliseconds of CPU):
-                    # done in a thread so the event loop never stalls on it.
-                    self._client = await asyncio.to_thread(self._new_client)
+                    # in a thread, so the event loop never stalls on it.
+                    self._client = await asyncio.to_thread(
+                        new_client, transport=self._transport, timeout=self._timeout
+                    )
         return self._client
-
-    def _new_client(self) -> httpx.AsyncClient:
-        # httpcore imports anyio's asyncio backend on its first request (~0.1 s): here,
-        # in the thread, rather than on the event loop in the middle of a burst.
-        for module in ("anyio._backends._asyncio", "anyio.streams.tls"):
-            with contextlib.suppress(ImportError):
-                importlib.import_module(module)
-        return httpx.AsyncClient(
-            transport=self._transport,
-            timeout=self._timeout,
-            follow_redirects=False,
-            headers={"user-agent": f"amani-observability/{__version__}"},
-        )
 
     def _record(self, result: AlertResult) -> None:
         self._counter.labels(result.channel, result.outcome).inc()
@@ -419,6 +394,11 @@ class AlertDispatcher:
 
 def _or(choices: Iterable[str]) -> str:
     return ", ".join(choices)
+
+
+def _check_severity(severity: str) -> None:
+    if severity not in SEVERITIES:
+        raise ValueError(f"unknown alert severity {severity!r}; choose one of {_or(SEVERITIES)}")
 
 
 def get_dispatcher() -> AlertDispatcher:
