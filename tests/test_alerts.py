@@ -45,16 +45,22 @@ ROUTING_KEY = "R0UT1NGK3YR0UT1NGK3YR0UT1NGK3Y00"  # 32 characters, like PagerDut
 FAST = Backoff(base_seconds=0.01, max_seconds=0.05)
 
 
-@pytest.fixture(autouse=True)
-def reset_alert_state() -> Iterator[None]:
-    """No installed dispatcher, no alerts_sent_total series and no log filter leak out."""
-    yield
+def _reset_alert_state() -> None:
     alerts._installed = None
     collector = REGISTRY._names_to_collectors.get("alerts_sent_total")
     if collector is not None:
         REGISTRY.unregister(collector)
     logging.getLogger("httpx").removeFilter(_alert_delivery.url_filter)
     _alert_delivery.url_filter.urls.clear()
+
+
+@pytest.fixture(autouse=True)
+def reset_alert_state() -> Iterator[None]:
+    """No installed dispatcher, alerts_sent_total series or log filter leaks in or out
+    (instrument() in other test modules creates dispatchers too)."""
+    _reset_alert_state()
+    yield
+    _reset_alert_state()
 
 
 @pytest.fixture
@@ -725,6 +731,11 @@ async def test_instrument_installs_the_dispatcher_for_the_lifespan(
     assert messages == ["direct", "queued at shutdown"]
     with pytest.raises(RuntimeError):
         get_dispatcher()
+
+    async with lifespan(app):  # a second lifespan (tests do this) starts it afresh
+        assert get_dispatcher() is dispatcher
+        assert dispatcher.submit("second life", "info", channels=["webhook"]) is True
+    assert server.received("/hook")[-1].json()["message"] == "second life"
 
 
 async def test_outside_an_app_the_module_functions_read_the_environment(

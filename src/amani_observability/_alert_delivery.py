@@ -177,6 +177,10 @@ async def deliver(
             if wait > 0:
                 await asyncio.sleep(wait)
         remaining = deadline - loop.time()
+        if remaining <= 0:
+            return AlertResult(
+                channel, False, "failed", status, attempts, f"the {timeout:g} s deadline passed"
+            )
         attempts += 1
         retry_after: float | None = None
         try:

@@ -189,9 +189,7 @@ class AlertDispatcher:
     ) -> dict[str, AlertResult]:
         """Send to every channel at once; each result arrives within its own deadline."""
         names = self._channel_names(channels)
-        alert = self._alert(message, severity, context)
-        results = await asyncio.gather(*(self._send_one(name, alert) for name in names))
-        return dict(zip(names, results, strict=True))
+        return await self._send_to(names, self._alert(message, severity, context))
 
     def submit(
         self,
@@ -231,6 +229,10 @@ class AlertDispatcher:
     def start(self) -> None:
         """Install as `get_dispatcher()`; instrument() calls this at lifespan start-up."""
         global _installed
+        if self._closed:  # the app's lifespan runs again (tests do that): start afresh
+            self._backlog = Backlog(self._backlog.size, WORKERS, self._send_queued)
+            self._client = self._warm_up = self._loop = None
+            self._accepting, self._closed = True, False
         _installed = self
         # Started outside a loop (instrument() on a serving app): the worker starts on the
         # first submit() instead.
@@ -388,8 +390,13 @@ class AlertDispatcher:
 
     async def _send_queued(self, item: _Queued) -> None:
         message, severity, context, names, timestamp = item
-        alert = self._alert(message, severity, context, timestamp=timestamp)
-        await asyncio.gather(*(self._send_one(name, alert) for name in names))
+        await self._send_to(names, self._alert(message, severity, context, timestamp=timestamp))
+
+    async def _send_to(self, names: tuple[str, ...], alert: Alert) -> dict[str, AlertResult]:
+        if len(names) == 1:  # no task to create: the common case stays cheap
+            return {names[0]: await self._send_one(names[0], alert)}
+        results = await asyncio.gather(*(self._send_one(name, alert) for name in names))
+        return dict(zip(names, results, strict=True))
 
 
 def _or(choices: Iterable[str]) -> str:
