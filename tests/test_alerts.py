@@ -690,6 +690,11 @@ async def test_shutdown_drains_the_queue(server: StandIn) -> None:
     assert len(server.received("/hook")) == 50
     assert dispatcher.dropped == 0
     assert dispatcher.submit("after shutdown", "info", channels=["webhook"]) is False
+    late = await dispatcher.send_alert("after shutdown", "info", channels=["webhook"])
+    assert late["webhook"] == AlertResult(
+        "webhook", False, "failed", None, 0, "the alert dispatcher is closed"
+    )
+    assert len(server.received("/hook")) == 50
 
 
 async def test_shutdown_waits_only_a_bounded_time(server: StandIn) -> None:
