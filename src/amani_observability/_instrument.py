@@ -113,6 +113,14 @@ def _build_layers(settings: ObservabilitySettings, lifecycle: Lifecycle) -> list
     """The middleware factories, innermost first. Each component is built once here."""
     layers: list[Layer] = []
 
+    # alerts: no middleware layer. Registered first so the dispatcher starts before the
+    # other components and is drained last (they may alert while shutting down).
+    from .alerts import AlertDispatcher
+
+    dispatcher = AlertDispatcher(settings)
+    lifecycle.on_startup(dispatcher.start)
+    lifecycle.on_shutdown(dispatcher.aclose)
+
     # metrics (innermost): see metrics.py
 
     # Sentry: see sentry.py

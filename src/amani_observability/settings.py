@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ImportString, SecretStr, ValidationError, field_validator
+from pydantic import Field, ImportString, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .exceptions import ConfigurationError
@@ -37,6 +37,12 @@ SECRET_FIELDS = frozenset(
 DEFAULT_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 2.5, 5.0, 7.5, 10.0,
 )  # fmt: skip
+
+
+PAGERDUTY_REGIONS = {
+    "us": "https://events.pagerduty.com/v2/enqueue",
+    "eu": "https://events.eu.pagerduty.com/v2/enqueue",
+}
 
 
 class ObservabilitySettings(BaseSettings):
@@ -98,11 +104,13 @@ class ObservabilitySettings(BaseSettings):
     # --- alerting ------------------------------------------------------------------------
     slack_webhook_url: SecretStr | None = None
     pagerduty_api_key: SecretStr | None = None
-    pagerduty_events_url: str = "https://events.pagerduty.com/v2/enqueue"
+    pagerduty_events_url: str = PAGERDUTY_REGIONS["us"]
     alert_webhook_url: SecretStr | None = None
     alert_max_retries: int = Field(default=3, ge=0, le=10)
     alert_timeout_seconds: float = Field(default=10.0, gt=0.0, le=300.0)
     alert_throttle_seconds: float = Field(default=60.0, ge=0.0)
+    # Alerts submit() may hold before it drops (and counts) new ones.
+    alert_queue_size: int = Field(default=1000, ge=1, le=1_000_000)
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -206,6 +214,29 @@ class ObservabilitySettings(BaseSettings):
     @classmethod
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("pagerduty_events_url", mode="before")
+    @classmethod
+    def _pagerduty_region(cls, value: Any) -> Any:
+        # "us" / "eu" select PagerDuty's two service regions without spelling out the URL.
+        if isinstance(value, str) and value.strip().lower() in PAGERDUTY_REGIONS:
+            return PAGERDUTY_REGIONS[value.strip().lower()]
+        return value
+
+    @field_validator("slack_webhook_url", "alert_webhook_url", "pagerduty_api_key", mode="before")
+    @classmethod
+    def _alert_secret(cls, value: Any, info: ValidationInfo) -> Any:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(raw, str):
+            if not raw.strip():
+                return None  # VAR= in a .env file means "not configured"
+            if info.field_name != "pagerduty_api_key" and not re.match(
+                r"^https?://[^/\s]+", raw.strip()
+            ):
+                # The value is a credential: describe it, never echo it.
+                raise ValueError("must be an http:// or https:// URL")
+            return raw.strip()
+        return value
 
     @field_validator("otlp_endpoint", "pagerduty_events_url")
     @classmethod
