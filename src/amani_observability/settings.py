@@ -12,7 +12,14 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ImportString, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    Field,
+    ImportString,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .exceptions import ConfigurationError
