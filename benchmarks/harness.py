@@ -74,18 +74,30 @@ async def _send(message: Any) -> None:
     return None
 
 
-async def _start(app: Any) -> None:
-    """Run the app's lifespan start-up, as a server would (tracer providers start there)."""
-    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    await queue.put({"type": "lifespan.startup"})
-    done = asyncio.Event()
+class _Lifespan:
+    """Drive an app's lifespan as a server would: tracer providers start and stop there."""
 
-    async def send(message: Any) -> None:
-        if message["type"].startswith("lifespan.startup"):
-            done.set()
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
 
-    asyncio.get_running_loop().create_task(app({"type": "lifespan", "state": {}}, queue.get, send))
-    await asyncio.wait_for(done.wait(), 10)
+    async def start(self) -> None:
+        scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+        self.task = asyncio.get_running_loop().create_task(
+            self.app(scope, self.inbox.get, self.outbox.put)
+        )
+        await self.inbox.put({"type": "lifespan.startup"})
+        message = await asyncio.wait_for(self.outbox.get(), 10)
+        if message["type"] != "lifespan.startup.complete":
+            raise RuntimeError(f"lifespan start-up failed: {message}")
+
+    async def stop(self) -> None:
+        await self.inbox.put({"type": "lifespan.shutdown"})
+        await asyncio.wait_for(self.outbox.get(), 15)
+        if self.task is not None:
+            await asyncio.wait_for(self.task, 5)
 
 
 async def _time(app: Any, case: Case, requests: int) -> float:
@@ -108,8 +120,9 @@ async def _time(app: Any, case: Case, requests: int) -> float:
 async def measure(cases: list[Case], *, rounds: int, requests: int) -> dict[str, float]:
     """Median microseconds per request of each case, interleaved over `rounds`."""
     apps = {case.name: case.build() for case in cases}
-    for app in apps.values():
-        await _start(app)
+    lifespans = [_Lifespan(app) for app in apps.values()]
+    for lifespan in lifespans:
+        await lifespan.start()
     samples: dict[str, list[float]] = {case.name: [] for case in cases}
     rng = random.Random(1234)
     for _ in range(rounds):
@@ -118,4 +131,6 @@ async def measure(cases: list[Case], *, rounds: int, requests: int) -> dict[str,
         for case in order:
             gc.collect()
             samples[case.name].append(await _time(apps[case.name], case, requests))
+    for lifespan in lifespans:
+        await lifespan.stop()
     return {name: statistics.median(values) for name, values in samples.items()}
