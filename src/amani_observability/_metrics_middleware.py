@@ -71,14 +71,32 @@ class PrometheusMiddleware:
         self,
         app: ASGIApp,
         *,
-        requests_total: Any,
-        duration: Any,
-        in_progress: Any,
-        errors_total: Any,
         metrics_path: str | None = "/metrics",
         excluded_paths: Iterable[str] = (),
         endpoint: MetricsEndpoint | None = None,
+        requests_total: Any = None,
+        duration: Any = None,
+        in_progress: Any = None,
+        errors_total: Any = None,
     ) -> None:
+        """Measure `app`; serve `endpoint` (by default an unprotected one) at `metrics_path`.
+
+        The metric arguments default to the catalogue's; `metrics_path=None` serves nothing.
+        """
+        if (
+            requests_total is None
+            or duration is None
+            or in_progress is None
+            or errors_total is None
+        ):
+            from . import metrics
+
+            requests_total = requests_total or metrics.http_requests_total
+            duration = duration or metrics.http_request_duration_seconds
+            in_progress = in_progress or metrics.http_requests_in_progress
+            errors_total = errors_total or metrics.errors_total
+        if metrics_path is not None and endpoint is None:
+            endpoint = MetricsEndpoint()
         self.app = app
         self.metrics_path = metrics_path
         self.endpoint = endpoint
@@ -104,6 +122,10 @@ class PrometheusMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
+        entry_root_path = scope.get("root_path", "")
+        if entry_root_path and path.startswith(entry_root_path):
+            # Behind a proxy prefix (uvicorn --root-path) paths are matched app-relative.
+            path = path[len(entry_root_path) :]
         if path == self.metrics_path and self.endpoint is not None:
             await self.endpoint(scope, receive, send)
             return
@@ -114,10 +136,9 @@ class PrometheusMiddleware:
         method = scope["method"]
         if method not in KNOWN_METHODS:
             method = OTHER_METHOD
-        entry_root_path = scope.get("root_path", "")
         # The router has not run yet, so the gauge's endpoint is predicted from the
         # app's route table; the same child is decremented, whatever the router decides.
-        gauge_key = (method, self._routes.predict(scope, path, entry_root_path))
+        gauge_key = (method, self._routes.predict(scope, path))
         gauge_inc = self._gauges.get(gauge_key)
         if gauge_inc is None:
             gauge_inc = self._gauges[gauge_key] = _fast_inc(self.in_progress.labels(*gauge_key))
@@ -237,7 +258,7 @@ class _RoutePredictor:
         self._match: Callable[[str], re.Match[str] | None] | None = None
         self._templates: list[str] = []
 
-    def predict(self, scope: Scope, path: str, root_path: str) -> str:
+    def predict(self, scope: Scope, path: str) -> str:
         app = scope.get("app")
         routes = getattr(getattr(app, "router", None), "routes", None)
         if routes is None:
@@ -246,8 +267,6 @@ class _RoutePredictor:
             self._build(app, routes)
         if self._match is None:
             return UNMATCHED_ROUTE
-        if root_path and path.startswith(root_path):
-            path = path[len(root_path) :]
         found = self._match(path)
         if found is None or found.lastindex is None:
             return UNMATCHED_ROUTE
