@@ -592,3 +592,26 @@ async def test_multiproc_dir_set_too_late_warns_and_serves_this_process(
     ]
     line = 'http_requests_total{endpoint="/health",method="GET",status="200"} 1.0'
     assert line in scrape.text.splitlines()
+
+
+async def test_an_exemplar_prometheus_refuses_still_records_the_observation() -> None:
+    set_trace_ids_getter(lambda: ("f" * 100, "e" * 100))  # over the 128-character limit
+    async with client(build_app()) as http:
+        assert (await http.get("/health")).status_code == 200
+
+    assert duration("GET", "/health") == 1.0
+    assert requests_total("GET", "/health", "200") == 1.0
+
+
+async def test_pathsend_is_the_final_message_of_a_file_response() -> None:
+    async def send_file(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.pathsend", "path": "/etc/hostname"})
+        await asyncio.sleep(0.3)  # a background task after the response
+
+    app = instrument(send_file, settings(request_id_enabled=False))
+    messages = await call_asgi(app, http_scope("/download"))
+
+    assert [m["type"] for m in messages] == ["http.response.start", "http.response.pathsend"]
+    assert requests_total("GET", UNMATCHED_ROUTE, "200") == 1.0
+    assert duration("GET", UNMATCHED_ROUTE, "sum") < 0.2

@@ -41,6 +41,9 @@ from ._asgi import (
 
 _current_trace_ids = _correlation.current_trace_ids
 _INF = float("inf")
+# OpenMetrics allows 128 characters of exemplar label names and values together;
+# "trace_id" and "span_id" take 15 of them. Real IDs (32 + 16 hex digits) always fit.
+_EXEMPLAR_ID_ROOM = 128 - len("trace_id") - len("span_id")
 
 # Per (method, template, status): counter inc, histogram sum inc, bucket upper bounds,
 # bucket incs, and the histogram child itself (for observations with an exemplar).
@@ -83,18 +86,16 @@ class PrometheusMiddleware:
 
         The metric arguments default to the catalogue's; `metrics_path=None` serves nothing.
         """
-        if (
-            requests_total is None
-            or duration is None
-            or in_progress is None
-            or errors_total is None
-        ):
-            from . import metrics
+        from . import metrics  # the catalogue imports this module: import it late
 
-            requests_total = requests_total or metrics.http_requests_total
-            duration = duration or metrics.http_request_duration_seconds
-            in_progress = in_progress or metrics.http_requests_in_progress
-            errors_total = errors_total or metrics.errors_total
+        if requests_total is None:
+            requests_total = metrics.http_requests_total
+        if duration is None:
+            duration = metrics.http_request_duration_seconds
+        if in_progress is None:
+            in_progress = metrics.http_requests_in_progress
+        if errors_total is None:
+            errors_total = metrics.errors_total
         if metrics_path is not None and endpoint is None:
             endpoint = MetricsEndpoint()
         self.app = app
@@ -159,11 +160,11 @@ class PrometheusMiddleware:
                 series = self._series(method, template, code)
             series[0](1)
             trace = _current_trace_ids()
-            if trace is None:
+            if trace is not None and len(trace[0]) + len(trace[1]) <= _EXEMPLAR_ID_ROOM:
+                series[4].observe(elapsed, {"trace_id": trace[0], "span_id": trace[1]})
+            else:
                 series[1](elapsed)
                 series[3][bisect_left(series[2], elapsed)](1)
-            else:
-                series[4].observe(elapsed, {"trace_id": trace[0], "span_id": trace[1]})
             return template
 
         async def send_measured(message: Message) -> None:
@@ -175,7 +176,7 @@ class PrometheusMiddleware:
                 message_type == "http.response.body"
                 and not finished
                 and not message.get("more_body", False)
-            ):
+            ) or message_type == "http.response.pathsend":
                 # The final body message: stop the clock once it is sent, before any
                 # background task runs.
                 try:
