@@ -22,6 +22,7 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import CONVERTOR_TYPES
 from starlette.routing import Mount
 
 from . import _correlation
@@ -356,13 +357,22 @@ def _is_route_context(entry: Any) -> bool:
     return type(entry).__name__ == "RouteContext"
 
 
+def _convertor_regex(name: str) -> str:
+    """The convertor's own regex (int: [0-9]+ ...), its groups made non-capturing."""
+    convertor = CONVERTOR_TYPES.get(name)
+    regex = getattr(convertor, "regex", None)
+    if not isinstance(regex, str):
+        return "[^/]+"
+    return "(?:" + re.sub(r"(?<!\\)\((?!\?)", "(?:", regex) + ")"
+
+
 def _path_regex(path: str) -> str:
     """A regex without capturing groups for a Starlette path such as /items/{id:int}."""
     parts: list[str] = []
     position = 0
     for param in _PARAM.finditer(path):
         parts.append(re.escape(path[position : param.start()]))
-        parts.append(".*" if param.group(2) == "path" else "[^/]+")
+        parts.append(_convertor_regex(param.group(2) or "str"))
         position = param.end()
     parts.append(re.escape(path[position:]))
     return "".join(parts)
