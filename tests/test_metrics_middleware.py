@@ -648,3 +648,28 @@ def test_in_progress_route_prediction_follows_the_route_table(path: str, templat
     )
 
     assert _RoutePredictor().predict({"app": app}, path) == template
+
+
+async def test_an_unreadable_route_table_degrades_the_gauge_not_the_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from amani_observability._metrics_middleware import ROUTE_TABLE_UNREADABLE
+
+    class Exotic:
+        @property
+        def path(self) -> str:
+            raise RuntimeError("computed elsewhere")
+
+    app = build_app()
+    app.router.routes.append(Exotic())
+    async with client(app) as http:
+        response = await http.get("/api/v1/items/1")
+
+    assert response.status_code == 200
+    assert requests_total("GET", "/api/v1/items/{item_id}", "200") == 1.0
+    assert series("http_requests_in_progress") == {
+        (("endpoint", UNMATCHED_ROUTE), ("method", "GET"))
+    }
+    assert [r.getMessage() for r in caplog.records if r.name == "amani_observability.metrics"] == [
+        ROUTE_TABLE_UNREADABLE
+    ]

@@ -13,6 +13,7 @@ import base64
 import binascii
 import gzip
 import hmac
+import logging
 import re
 from bisect import bisect_left
 from collections import deque
@@ -39,6 +40,13 @@ from ._asgi import (
     compile_paths,
     header_value,
     route_template,
+)
+
+logger = logging.getLogger("amani_observability.metrics")
+
+ROUTE_TABLE_UNREADABLE = (
+    "Could not read the application's routes; http_requests_in_progress counts its "
+    "requests under the unmatched endpoint"
 )
 
 _current_trace_ids = _correlation.current_trace_ids
@@ -313,7 +321,14 @@ class _RoutePredictor:
         if routes is None:
             return UNMATCHED_ROUTE
         if app is not self._app or len(routes) != self._count:
-            self._build(app, routes)
+            try:
+                self._build(app, routes)
+            except Exception:
+                # An exotic route table must not break requests: the gauge then
+                # counts everything under UNMATCHED_ROUTE for this app.
+                logger.warning(ROUTE_TABLE_UNREADABLE, exc_info=True)
+                self._by_segment, self._fallback = {}, None
+                self._app, self._count = app, len(routes)
         parts = path.split("/", 2)
         matcher = self._by_segment.get(parts[1] if len(parts) > 1 else "", self._fallback)
         if matcher is None:
