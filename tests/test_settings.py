@@ -57,6 +57,7 @@ def test_secrets_never_show_in_repr_or_str() -> None:
         slack_webhook_url="https://hooks.slack.com/services/T/B/topsecretslack",
         pagerduty_api_key="topsecretpagerduty",
         otlp_headers="dd-api-key=topsecretotlp",
+        metrics_username="scraper",
         metrics_password="topsecretpassword",
     )
     for text in (repr(settings), str(settings), str(settings.model_dump())):
@@ -105,6 +106,17 @@ def test_secrets_never_show_in_repr_or_str() -> None:
             "METRICS_BUCKETS=1,0.5: must be positive numbers in increasing order",
         ),
         ("SERVICE_NAME", "", "SERVICE_NAME=: must not be empty"),
+        (
+            "METRICS_USERNAME",
+            "prometheus",
+            "METRICS_PASSWORD: METRICS_USERNAME and METRICS_PASSWORD must be set together",
+        ),
+        (
+            "METRICS_PASSWORD",
+            "topsecret",
+            "METRICS_PASSWORD: METRICS_USERNAME and METRICS_PASSWORD must be set together",
+        ),
+        ("METRICS_BEARER_TOKEN", "", "METRICS_BEARER_TOKEN: must not be empty"),
     ],
 )
 def test_a_bad_value_is_one_configuration_error_naming_the_variable(

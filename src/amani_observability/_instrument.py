@@ -122,6 +122,10 @@ def _build_layers(settings: ObservabilitySettings, lifecycle: Lifecycle) -> list
     lifecycle.on_shutdown(dispatcher.aclose)
 
     # metrics (innermost): see metrics.py
+    if settings.metrics_enabled:
+        from .metrics import metrics_layer
+
+        layers.append(metrics_layer(settings, lifecycle))
 
     # Sentry: see sentry.py
     if settings.sentry_dsn is not None:

@@ -1,0 +1,547 @@
+"""PrometheusMiddleware (measures every HTTP request) and MetricsEndpoint (serves /metrics).
+
+Label values are bounded by construction: `endpoint` is the route template read from
+the scope after routing (every unmatched request shares UNMATCHED_ROUTE), `method` is
+one of the nine standard methods or "_OTHER", and `status` is the code actually sent.
+The clock stops at the final response body message, so background tasks that
+Starlette runs after it do not count as latency.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gzip
+import hmac
+import logging
+import re
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Callable, Iterable
+from time import perf_counter
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from starlette.concurrency import run_in_threadpool
+from starlette.convertors import CONVERTOR_TYPES
+from starlette.routing import Mount
+
+from . import _correlation
+from ._asgi import (
+    KNOWN_METHODS,
+    OTHER_METHOD,
+    UNMATCHED_ROUTE,
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    compile_paths,
+    header_value,
+    route_template,
+)
+
+logger = logging.getLogger("amani_observability.metrics")
+
+ROUTE_TABLE_UNREADABLE = (
+    "Could not read the application's routes; http_requests_in_progress counts its "
+    "requests under the unmatched endpoint"
+)
+
+_current_trace_ids = _correlation.current_trace_ids
+_INF = float("inf")
+# OpenMetrics allows 128 characters of exemplar label names and values together;
+# "trace_id" and "span_id" take 15 of them. Real IDs (32 + 16 hex digits) always fit.
+_EXEMPLAR_ID_ROOM = 128 - len("trace_id") - len("span_id")
+
+# Per (method, template, status): counter inc, histogram sum inc, bucket upper bounds,
+# bucket incs, and the histogram child itself (for observations with an exemplar).
+_Series = tuple[
+    Callable[[float], None],
+    Callable[[float], None],
+    tuple[float, ...],
+    tuple[Callable[[float], None], ...],
+    Any,
+]
+
+
+def _fast_inc(child: Any) -> Callable[[float], None]:
+    """The child's value increment: Counter.inc()/Gauge.inc() minus their per-call checks."""
+    value = getattr(child, "_value", None)
+    inc = getattr(value, "inc", None)
+    return inc if callable(inc) else child.inc  # type: ignore[no-any-return]
+
+
+# (enter, leave) of one in-progress gauge child.
+_Gauge = tuple[Callable[[Any], None], Callable[[], Any]]
+_IN_FLIGHT = "_amani_in_flight"
+
+
+def _in_progress(child: Any) -> _Gauge:
+    """Enter/leave callables for an in-progress gauge child.
+
+    In one process the child reads its value from a deque at scrape time: append()
+    and pop() are atomic C calls, about ten times cheaper than two locked increments.
+    Every middleware sharing the child shares its deque. In multiprocess mode the
+    value must live in prometheus_client's files, so the child is incremented.
+    """
+    if not _values_in_memory():
+        value_inc = _fast_inc(child)
+        return (lambda _: value_inc(1)), (lambda: value_inc(-1))
+    in_flight: deque[None] | None = getattr(child, _IN_FLIGHT, None)
+    if in_flight is None:
+        in_flight = deque()
+        setattr(child, _IN_FLIGHT, in_flight)
+        child.set_function(in_flight.__len__)
+    return in_flight.append, in_flight.pop
+
+
+def _values_in_memory() -> bool:
+    from prometheus_client import values
+
+    return values.ValueClass is values.MutexValue
+
+
+def _ignore(amount: float) -> None:
+    return None
+
+
+class PrometheusMiddleware:
+    """Count, time and track in-progress HTTP requests; serve the metrics endpoint."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics_path: str | None = "/metrics",
+        excluded_paths: Iterable[str] = (),
+        endpoint: MetricsEndpoint | None = None,
+        requests_total: Any = None,
+        duration: Any = None,
+        in_progress: Any = None,
+        errors_total: Any = None,
+    ) -> None:
+        """Measure `app`; serve `endpoint` (by default an unprotected one) at `metrics_path`.
+
+        The metric arguments default to the catalogue's; `metrics_path=None` serves nothing.
+        """
+        from . import metrics  # the catalogue imports this module: import it late
+
+        if requests_total is None:
+            requests_total = metrics.http_requests_total
+        if duration is None:
+            duration = metrics.http_request_duration_seconds
+        if in_progress is None:
+            in_progress = metrics.http_requests_in_progress
+        if errors_total is None:
+            errors_total = metrics.errors_total
+        if metrics_path is not None and endpoint is None:
+            endpoint = MetricsEndpoint()
+        self.app = app
+        self.metrics_path = metrics_path
+        self.endpoint = endpoint
+        # The scrape itself is answered before this check, so it is never measured.
+        self.excluded = compile_paths(excluded_paths)
+        self.requests_total = requests_total
+        self.duration = duration
+        self.in_progress = in_progress
+        self.errors_total = errors_total
+        # Label children, created once per label combination: .labels() costs ~1.5 us,
+        # a cached child ~0.4 us. Every key part is bounded, so these stay small.
+        self._finished: dict[tuple[str, str, int], _Series] = {}
+        self._gauges: dict[tuple[str, str], _Gauge] = {}
+        self._errors: dict[tuple[str, str], Any] = {}
+        self._routes = _RoutePredictor()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            # Websockets and lifespan are not HTTP requests: pass them through.
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        entry_root_path = scope.get("root_path", "")
+        if entry_root_path and path.startswith(entry_root_path):
+            # Behind a proxy prefix (uvicorn --root-path) paths are matched app-relative.
+            path = path[len(entry_root_path) :]
+        if path == self.metrics_path and self.endpoint is not None:
+            await self.endpoint(scope, receive, send)
+            return
+        if self.excluded(path):
+            await self.app(scope, receive, send)
+            return
+
+        method = scope["method"]
+        if method not in KNOWN_METHODS:
+            method = OTHER_METHOD
+        # The router has not run yet, so the gauge's endpoint is predicted from the
+        # app's route table; the same child is decremented, whatever the router decides.
+        gauge_key = (method, self._routes.predict(scope, path))
+        gauge = self._gauges.get(gauge_key)
+        if gauge is None:
+            gauge = self._gauges[gauge_key] = _in_progress(self.in_progress.labels(*gauge_key))
+        gauge[0](None)
+        status = 0
+        finished = False
+        client_gone = False
+        started = perf_counter()
+
+        async def send_measured(message: Message) -> None:
+            nonlocal status, finished, client_gone
+            message_type = message["type"]
+            if message_type == "http.response.start":
+                status = message["status"]
+            elif (
+                message_type == "http.response.body"
+                and not finished
+                and not message.get("more_body", False)
+            ) or message_type == "http.response.pathsend":
+                # The final body message: stop the clock once it is sent, before any
+                # background task runs.
+                finished = True
+                try:
+                    await send(message)
+                except OSError:
+                    client_gone = True
+                    raise
+                finally:
+                    self._finish(scope, entry_root_path, method, status, started, gauge)
+                return
+            try:
+                await send(message)
+            except OSError:
+                # ASGI servers raise OSError from send() once the client has gone.
+                client_gone = True
+                raise
+
+        try:
+            await self.app(scope, receive, send_measured)
+        except Exception as exc:
+            if finished:
+                template = route_template(scope, entry_root_path) or UNMATCHED_ROUTE
+            else:
+                finished = True
+                template = self._finish(scope, entry_root_path, method, status, started, gauge)
+            if not client_gone:
+                self._count_error(type(exc).__name__, template)
+            raise
+        except BaseException:
+            # Cancellation: still balance the gauge and count the request.
+            if not finished:
+                finished = True
+                self._finish(scope, entry_root_path, method, status, started, gauge)
+            raise
+        if not finished:
+            # Returned without a final body: a stream cut short by a disconnect, or
+            # no response at all (the server then answers 500).
+            finished = True
+            self._finish(scope, entry_root_path, method, status, started, gauge)
+
+    def _finish(
+        self,
+        scope: Scope,
+        entry_root_path: str,
+        method: str,
+        status: int,
+        started: float,
+        gauge: _Gauge,
+    ) -> str:
+        """Record one finished request; returns its endpoint label."""
+        elapsed = perf_counter() - started
+        gauge[1]()
+        template = route_template(scope, entry_root_path) or UNMATCHED_ROUTE
+        # No status sent: the app raised or returned before responding, and the
+        # server answers 500.
+        code = status or 500
+        series = self._finished.get((method, template, code))
+        if series is None:
+            series = self._series(method, template, code)
+        series[0](1)
+        trace = _current_trace_ids()
+        if trace is not None and len(trace[0]) + len(trace[1]) <= _EXEMPLAR_ID_ROOM:
+            series[4].observe(elapsed, {"trace_id": trace[0], "span_id": trace[1]})
+        else:
+            series[1](elapsed)
+            series[3][bisect_left(series[2], elapsed)](1)
+        return template
+
+    def _series(self, method: str, template: str, code: int) -> _Series:
+        histogram = self.duration.labels(method, template)
+        sum_value = getattr(histogram, "_sum", None)
+        buckets = getattr(histogram, "_buckets", None)
+        bounds = getattr(histogram, "_upper_bounds", None)
+        if sum_value is not None and buckets is not None and bounds is not None:
+            # What Histogram.observe() does, minus its per-call checks and Python loop.
+            observe_sum = sum_value.inc
+            bucket_incs = tuple(bucket.inc for bucket in buckets)
+            upper_bounds = tuple(bounds)
+        else:  # pragma: no cover - a prometheus_client without these internals
+            observe_sum, bucket_incs, upper_bounds = histogram.observe, (_ignore,), (_INF,)
+        series = (
+            _fast_inc(self.requests_total.labels(method, template, str(code))),
+            observe_sum,
+            upper_bounds,
+            bucket_incs,
+            histogram,
+        )
+        self._finished[(method, template, code)] = series
+        return series
+
+    def _count_error(self, error_type: str, template: str) -> None:
+        key = (error_type, template)
+        child = self._errors.get(key)
+        if child is None:
+            child = self._errors[key] = self.errors_total.labels(error_type, template)
+        child.inc()
+
+
+_Matcher = tuple[Callable[[str], "re.Match[str] | None"], list[str]]
+
+
+class _RoutePredictor:
+    """Guess a request's route template before the router runs, from the app's routes.
+
+    Built once per app (and again if its route list grows): routes are grouped by their
+    first path segment, and each group is one combined regex whose matching alternative
+    names the template, so a request tries only the routes that can match it.
+    Unknown apps and paths give UNMATCHED_ROUTE.
+    """
+
+    __slots__ = ("_app", "_by_segment", "_count", "_fallback")
+
+    def __init__(self) -> None:
+        self._app: Any = None
+        self._count = -1
+        self._by_segment: dict[str, _Matcher] = {}
+        self._fallback: _Matcher | None = None
+
+    def predict(self, scope: Scope, path: str) -> str:
+        app = scope.get("app")
+        routes = getattr(getattr(app, "router", None), "routes", None)
+        if routes is None:
+            return UNMATCHED_ROUTE
+        if app is not self._app or len(routes) != self._count:
+            try:
+                self._build(app, routes)
+            except Exception:
+                # An exotic route table must not break requests: the gauge then
+                # counts everything under UNMATCHED_ROUTE for this app.
+                logger.warning(ROUTE_TABLE_UNREADABLE, exc_info=True)
+                self._by_segment, self._fallback = {}, None
+                self._app, self._count = app, len(routes)
+        parts = path.split("/", 2)
+        matcher = self._by_segment.get(parts[1] if len(parts) > 1 else "", self._fallback)
+        if matcher is None:
+            return UNMATCHED_ROUTE
+        found = matcher[0](path)
+        if found is None or found.lastindex is None:
+            return UNMATCHED_ROUTE
+        return matcher[1][found.lastindex - 1]
+
+    def _build(self, app: Any, routes: list[Any]) -> None:
+        patterns: list[str] = []
+        templates: list[str] = []
+        _collect(routes, "", "", patterns, templates)
+        segments = [_first_segment(template) for template in templates]
+        entries = list(zip(patterns, templates, segments, strict=True))
+        # A route whose first segment is a parameter can match any path: it joins
+        # every group, in its original order.
+        self._by_segment = {
+            segment: _matcher([e for e in entries if e[2] in (segment, None)])
+            for segment in {s for s in segments if s is not None}
+        }
+        wildcard = [e for e in entries if e[2] is None]
+        self._fallback = _matcher(wildcard) if wildcard else None
+        self._app, self._count = app, len(routes)
+
+
+def _first_segment(template: str) -> str | None:
+    parts = template.split("/", 2)
+    first = parts[1] if len(parts) > 1 else ""
+    return None if "{" in first else first
+
+
+def _matcher(entries: list[tuple[str, str, str | None]]) -> _Matcher:
+    regex = re.compile("|".join(f"({pattern})" for pattern, _, _ in entries))
+    return regex.fullmatch, [template for _, template, _ in entries]
+
+
+_PARAM = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_]*)(?::([a-zA-Z_][a-zA-Z0-9_]*))?\}")
+
+
+def _collect(
+    routes: Iterable[Any],
+    regex_prefix: str,
+    template_prefix: str,
+    patterns: list[str],
+    templates: list[str],
+    depth: int = 0,
+) -> None:
+    for entry in _flatten(routes):
+        # FastAPI >= 0.16x keeps included routers lazily; its RouteContext wraps each route.
+        route = getattr(entry, "route", entry) if _is_route_context(entry) else entry
+        path = getattr(entry, "path", None)
+        path_format = getattr(entry, "path_format", None)
+        if not isinstance(path, str) or not isinstance(path_format, str):
+            continue
+        if isinstance(route, Mount):
+            inner = route.routes if depth < 8 else []
+            if inner:
+                _collect(
+                    inner,
+                    regex_prefix + _path_regex(path),
+                    template_prefix + path,
+                    patterns,
+                    templates,
+                    depth + 1,
+                )
+                continue
+            patterns.append(regex_prefix + _path_regex(path) + "/.*")
+        else:
+            patterns.append(regex_prefix + _path_regex(path))
+        templates.append(template_prefix + path_format)
+
+
+def _flatten(routes: Iterable[Any]) -> Iterable[Any]:
+    try:
+        from fastapi.routing import iter_route_contexts
+    except ImportError:  # no FastAPI, or one whose routers are already flat
+        return routes
+    return iter_route_contexts(list(routes))
+
+
+def _is_route_context(entry: Any) -> bool:
+    return type(entry).__name__ == "RouteContext"
+
+
+def _convertor_regex(name: str) -> str:
+    """The convertor's own regex (int: [0-9]+ ...), its groups made non-capturing."""
+    convertor = CONVERTOR_TYPES.get(name)
+    regex = getattr(convertor, "regex", None)
+    if not isinstance(regex, str):
+        return "[^/]+"
+    return "(?:" + re.sub(r"(?<!\\)\((?!\?)", "(?:", regex) + ")"
+
+
+def _path_regex(path: str) -> str:
+    """A regex without capturing groups for a Starlette path such as /items/{id:int}."""
+    parts: list[str] = []
+    position = 0
+    for param in _PARAM.finditer(path):
+        parts.append(re.escape(path[position : param.start()]))
+        parts.append(_convertor_regex(param.group(2) or "str"))
+        position = param.end()
+    parts.append(re.escape(path[position:]))
+    return "".join(parts)
+
+
+class MetricsEndpoint:
+    """Serve the registry in the text format the scraper asks for, optionally protected.
+
+    OpenMetrics when `Accept` asks for it (exemplars are only visible there), the
+    classic text format otherwise; gzip when `Accept-Encoding` allows it. In
+    multiprocess mode each scrape aggregates every worker's files into a fresh registry.
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: CollectorRegistry = REGISTRY,
+        multiprocess: bool = False,
+        username: str | None = None,
+        password: str | None = None,
+        bearer_token: str | None = None,
+    ) -> None:
+        self.registry = registry
+        self.multiprocess = multiprocess
+        self._basic: tuple[bytes, bytes] | None = None
+        challenges: list[tuple[bytes, bytes]] = []
+        if username is not None and password is not None:
+            self._basic = (username.encode("utf-8"), password.encode("utf-8"))
+            challenges.append((b"www-authenticate", b'Basic realm="metrics", charset="UTF-8"'))
+        self._bearer = bearer_token.encode("utf-8") if bearer_token is not None else None
+        if self._bearer is not None:
+            challenges.append((b"www-authenticate", b'Bearer realm="metrics"'))
+        self._protected = bool(challenges)
+        self._challenges = challenges
+
+    def render(self, accept: str = "", accept_encoding: str = "") -> tuple[bytes, str, bool]:
+        """The exposition body, its content type, and whether it is gzip-compressed."""
+        encoder, content_type = choose_encoder(accept)
+        registry = self.registry
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry(auto_describe=False)
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        body = encoder(registry)
+        if _accepts_gzip(accept_encoding):
+            # Level 6: close to level 9's size at a fraction of its CPU.
+            return gzip.compress(body, compresslevel=6), content_type, True
+        return body, content_type, False
+
+    def authorised(self, authorization: bytes | None) -> bool:
+        if not self._protected:
+            return True
+        if authorization is None:
+            return False
+        scheme, _, credentials = authorization.strip().partition(b" ")
+        scheme = scheme.lower()
+        credentials = credentials.strip()
+        if scheme == b"basic" and self._basic is not None:
+            try:
+                decoded = base64.b64decode(credentials, validate=True)
+            except (binascii.Error, ValueError):
+                return False
+            user, separator, password = decoded.partition(b":")
+            # Both comparisons always run, in constant time, so timing reveals nothing.
+            user_ok = hmac.compare_digest(user, self._basic[0])
+            password_ok = hmac.compare_digest(password, self._basic[1])
+            return bool(separator) and user_ok and password_ok
+        if scheme == b"bearer" and self._bearer is not None:
+            return hmac.compare_digest(credentials, self._bearer)
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope["method"]
+        if method != "GET" and method != "HEAD":
+            await _respond(send, 405, b"Method Not Allowed", [(b"allow", b"GET, HEAD")])
+            return
+        if not self.authorised(header_value(scope, b"authorization")):
+            await _respond(send, 401, b"Unauthorized", self._challenges)
+            return
+        accept = (header_value(scope, b"accept") or b"").decode("latin-1")
+        accept_encoding = (header_value(scope, b"accept-encoding") or b"").decode("latin-1")
+        # A large registry takes milliseconds to render: keep it off the event loop.
+        body, content_type, gzipped = await run_in_threadpool(self.render, accept, accept_encoding)
+        headers = [
+            (b"content-type", content_type.encode("latin-1")),
+            (b"vary", b"Accept, Accept-Encoding"),
+            (b"cache-control", b"no-store"),
+        ]
+        if gzipped:
+            headers.append((b"content-encoding", b"gzip"))
+        headers.append((b"content-length", str(len(body)).encode("ascii")))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+
+
+def _accepts_gzip(accept_encoding: str) -> bool:
+    for part in accept_encoding.split(","):
+        coding, _, params = part.partition(";")
+        if coding.strip().lower() in ("gzip", "*"):
+            quality = params.strip().replace(" ", "").lower()
+            return quality not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+    return False
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, extra_headers: list[tuple[bytes, bytes]]
+) -> None:
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode("ascii")),
+        *extra_headers,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
