@@ -57,6 +57,7 @@ def test_secrets_never_show_in_repr_or_str() -> None:
         slack_webhook_url="https://hooks.slack.com/services/T/B/topsecretslack",
         pagerduty_api_key="topsecretpagerduty",
         otlp_headers="dd-api-key=topsecretotlp",
+        metrics_username="scraper",
         metrics_password="topsecretpassword",
     )
     for text in (repr(settings), str(settings), str(settings.model_dump())):

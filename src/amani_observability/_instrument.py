@@ -114,6 +114,10 @@ def _build_layers(settings: ObservabilitySettings, lifecycle: Lifecycle) -> list
     layers: list[Layer] = []
 
     # metrics (innermost): see metrics.py
+    if settings.metrics_enabled:
+        from .metrics import metrics_layer
+
+        layers.append(metrics_layer(settings, lifecycle))
 
     # Sentry: see sentry.py
 

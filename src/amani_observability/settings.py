@@ -11,7 +11,7 @@ import itertools
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .exceptions import ConfigurationError
@@ -69,7 +69,8 @@ class ObservabilitySettings(BaseSettings):
     metrics_excluded_paths: CommaList = Field(default_factory=list)
     metrics_buckets: Annotated[tuple[float, ...], NoDecode] = DEFAULT_BUCKETS
     metrics_username: str | None = None
-    metrics_password: SecretStr | None = None
+    # validate_default: a username without a password must fail too (see the validator).
+    metrics_password: SecretStr | None = Field(default=None, validate_default=True)
     metrics_bearer_token: SecretStr | None = None
 
     # --- OpenTelemetry tracing -----------------------------------------------------------
@@ -133,6 +134,22 @@ class ObservabilitySettings(BaseSettings):
             value = tuple(float(v) for v in value)
             if not value or any(b <= a for a, b in itertools.pairwise(value)) or value[0] <= 0:
                 raise ValueError("must be positive numbers in increasing order")
+        return value
+
+    @field_validator("metrics_password")
+    @classmethod
+    def _basic_auth_pair(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if (value is None) != (info.data.get("metrics_username") is None):
+            raise ValueError("METRICS_USERNAME and METRICS_PASSWORD must be set together")
+        if value is not None and not value.get_secret_value():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("metrics_bearer_token")
+    @classmethod
+    def _non_empty_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            raise ValueError("must not be empty")
         return value
 
     @field_validator("request_id_header")

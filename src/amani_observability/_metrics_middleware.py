@@ -1,0 +1,399 @@
+"""PrometheusMiddleware (measures every HTTP request) and MetricsEndpoint (serves /metrics).
+
+Label values are bounded by construction: `endpoint` is the route template read from
+the scope after routing (every unmatched request shares UNMATCHED_ROUTE), `method` is
+one of the nine standard methods or "_OTHER", and `status` is the code actually sent.
+The clock stops at the final response body message, so background tasks that
+Starlette runs after it do not count as latency.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gzip
+import hmac
+import re
+from collections.abc import Callable, Iterable
+from time import perf_counter
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from starlette.concurrency import run_in_threadpool
+from starlette.routing import Mount
+
+from . import _correlation
+from ._asgi import (
+    KNOWN_METHODS,
+    OTHER_METHOD,
+    UNMATCHED_ROUTE,
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    compile_paths,
+    header_value,
+    route_template,
+)
+
+_current_trace_ids = _correlation.current_trace_ids
+
+
+class PrometheusMiddleware:
+    """Count, time and track in-progress HTTP requests; serve the metrics endpoint."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        requests_total: Any,
+        duration: Any,
+        in_progress: Any,
+        errors_total: Any,
+        metrics_path: str | None = "/metrics",
+        excluded_paths: Iterable[str] = (),
+        endpoint: MetricsEndpoint | None = None,
+    ) -> None:
+        self.app = app
+        self.metrics_path = metrics_path
+        self.endpoint = endpoint
+        patterns = list(excluded_paths)
+        if metrics_path is not None:
+            # The scrape itself is never measured.
+            patterns.append(re.escape(metrics_path))
+        self.excluded = compile_paths(patterns)
+        self.requests_total = requests_total
+        self.duration = duration
+        self.in_progress = in_progress
+        self.errors_total = errors_total
+        # Label children, created once per label combination: .labels() costs ~1.5 us,
+        # a cached child ~0.4 us. Every key part is bounded, so these stay small.
+        self._finished: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._gauges: dict[tuple[str, str], Any] = {}
+        self._errors: dict[tuple[str, str], Any] = {}
+        self._routes = _RoutePredictor()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            # Websockets and lifespan are not HTTP requests: pass them through.
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path == self.metrics_path and self.endpoint is not None:
+            await self.endpoint(scope, receive, send)
+            return
+        if self.excluded(path):
+            await self.app(scope, receive, send)
+            return
+
+        method = scope["method"]
+        if method not in KNOWN_METHODS:
+            method = OTHER_METHOD
+        entry_root_path = scope.get("root_path", "")
+        # The router has not run yet, so the gauge's endpoint is predicted from the
+        # app's route table; the same child is decremented, whatever the router decides.
+        gauge_key = (method, self._routes.predict(scope, path, entry_root_path))
+        gauge = self._gauges.get(gauge_key)
+        if gauge is None:
+            gauge = self._gauges[gauge_key] = self.in_progress.labels(*gauge_key)
+        gauge.inc()
+        status = 0
+        finished = False
+        client_gone = False
+        started = perf_counter()
+
+        def finish(code: int) -> str:
+            nonlocal finished
+            finished = True
+            elapsed = perf_counter() - started
+            gauge.dec()
+            template = route_template(scope, entry_root_path) or UNMATCHED_ROUTE
+            key = (method, template, code)
+            children = self._finished.get(key)
+            if children is None:
+                children = self._children(key)
+            children[0].inc()
+            trace = _current_trace_ids()
+            if trace is None:
+                children[1].observe(elapsed)
+            else:
+                children[1].observe(elapsed, {"trace_id": trace[0], "span_id": trace[1]})
+            return template
+
+        async def send_measured(message: Message) -> None:
+            nonlocal status, client_gone
+            message_type = message["type"]
+            if message_type == "http.response.start":
+                status = message["status"]
+            elif (
+                message_type == "http.response.body"
+                and not finished
+                and not message.get("more_body", False)
+            ):
+                # The final body message: stop the clock once it is sent, before any
+                # background task runs.
+                try:
+                    await send(message)
+                except OSError:
+                    client_gone = True
+                    raise
+                finally:
+                    finish(status or 500)
+                return
+            try:
+                await send(message)
+            except OSError:
+                # ASGI servers raise OSError from send() once the client has gone.
+                client_gone = True
+                raise
+
+        try:
+            await self.app(scope, receive, send_measured)
+        except Exception as exc:
+            if finished:
+                template = route_template(scope, entry_root_path) or UNMATCHED_ROUTE
+            else:
+                template = finish(status or 500)
+            if not client_gone:
+                self._count_error(type(exc).__name__, template)
+            raise
+        except BaseException:
+            # Cancellation: still balance the gauge and count the request.
+            if not finished:
+                finish(status or 500)
+            raise
+        if not finished:
+            # Returned without a final body: a stream cut short by a disconnect, or
+            # no response at all (the server then answers 500).
+            finish(status or 500)
+
+    def _children(self, key: tuple[str, str, int]) -> tuple[Any, Any]:
+        method, template, code = key
+        children = (
+            self.requests_total.labels(method, template, str(code)),
+            self.duration.labels(method, template),
+        )
+        self._finished[key] = children
+        return children
+
+    def _count_error(self, error_type: str, template: str) -> None:
+        key = (error_type, template)
+        child = self._errors.get(key)
+        if child is None:
+            child = self._errors[key] = self.errors_total.labels(error_type, template)
+        child.inc()
+
+
+class _RoutePredictor:
+    """Guess a request's route template before the router runs, from the app's routes.
+
+    Built once per app (and again if its route list grows): one combined regex whose
+    matching alternative names the template. Unknown apps and paths give UNMATCHED_ROUTE.
+    """
+
+    __slots__ = ("_app", "_count", "_match", "_templates")
+
+    def __init__(self) -> None:
+        self._app: Any = None
+        self._count = -1
+        self._match: Callable[[str], re.Match[str] | None] | None = None
+        self._templates: list[str] = []
+
+    def predict(self, scope: Scope, path: str, root_path: str) -> str:
+        app = scope.get("app")
+        routes = getattr(getattr(app, "router", None), "routes", None)
+        if routes is None:
+            return UNMATCHED_ROUTE
+        if app is not self._app or len(routes) != self._count:
+            self._build(app, routes)
+        if self._match is None:
+            return UNMATCHED_ROUTE
+        if root_path and path.startswith(root_path):
+            path = path[len(root_path) :]
+        found = self._match(path)
+        if found is None or found.lastindex is None:
+            return UNMATCHED_ROUTE
+        return self._templates[found.lastindex - 1]
+
+    def _build(self, app: Any, routes: list[Any]) -> None:
+        patterns: list[str] = []
+        self._templates = []
+        _collect(routes, "", "", patterns, self._templates)
+        self._app, self._count = app, len(routes)
+        self._match = (
+            re.compile("|".join(f"({p})" for p in patterns)).fullmatch if patterns else None
+        )
+
+
+_PARAM = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_]*)(?::([a-zA-Z_][a-zA-Z0-9_]*))?\}")
+
+
+def _collect(
+    routes: Iterable[Any],
+    regex_prefix: str,
+    template_prefix: str,
+    patterns: list[str],
+    templates: list[str],
+    depth: int = 0,
+) -> None:
+    for entry in _flatten(routes):
+        # FastAPI >= 0.16x keeps included routers lazily; its RouteContext wraps each route.
+        route = getattr(entry, "route", entry) if _is_route_context(entry) else entry
+        path = getattr(entry, "path", None)
+        path_format = getattr(entry, "path_format", None)
+        if not isinstance(path, str) or not isinstance(path_format, str):
+            continue
+        if isinstance(route, Mount):
+            inner = route.routes if depth < 8 else []
+            if inner:
+                _collect(
+                    inner,
+                    regex_prefix + _path_regex(path),
+                    template_prefix + path,
+                    patterns,
+                    templates,
+                    depth + 1,
+                )
+                continue
+            patterns.append(regex_prefix + _path_regex(path) + "/.*")
+        else:
+            patterns.append(regex_prefix + _path_regex(path))
+        templates.append(template_prefix + path_format)
+
+
+def _flatten(routes: Iterable[Any]) -> Iterable[Any]:
+    try:
+        from fastapi.routing import iter_route_contexts
+    except ImportError:  # no FastAPI, or one whose routers are already flat
+        return routes
+    return iter_route_contexts(list(routes))
+
+
+def _is_route_context(entry: Any) -> bool:
+    return type(entry).__name__ == "RouteContext"
+
+
+def _path_regex(path: str) -> str:
+    """A regex without capturing groups for a Starlette path such as /items/{id:int}."""
+    parts: list[str] = []
+    position = 0
+    for param in _PARAM.finditer(path):
+        parts.append(re.escape(path[position : param.start()]))
+        parts.append(".*" if param.group(2) == "path" else "[^/]+")
+        position = param.end()
+    parts.append(re.escape(path[position:]))
+    return "".join(parts)
+
+
+class MetricsEndpoint:
+    """Serve the registry in the text format the scraper asks for, optionally protected.
+
+    OpenMetrics when `Accept` asks for it (exemplars are only visible there), the
+    classic text format otherwise; gzip when `Accept-Encoding` allows it. In
+    multiprocess mode each scrape aggregates every worker's files into a fresh registry.
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: CollectorRegistry = REGISTRY,
+        multiprocess: bool = False,
+        username: str | None = None,
+        password: str | None = None,
+        bearer_token: str | None = None,
+    ) -> None:
+        self.registry = registry
+        self.multiprocess = multiprocess
+        self._basic: tuple[bytes, bytes] | None = None
+        challenges: list[tuple[bytes, bytes]] = []
+        if username is not None and password is not None:
+            self._basic = (username.encode("utf-8"), password.encode("utf-8"))
+            challenges.append((b"www-authenticate", b'Basic realm="metrics", charset="UTF-8"'))
+        self._bearer = bearer_token.encode("utf-8") if bearer_token is not None else None
+        if self._bearer is not None:
+            challenges.append((b"www-authenticate", b'Bearer realm="metrics"'))
+        self._protected = bool(challenges)
+        self._challenges = challenges
+
+    def render(self, accept: str = "", accept_encoding: str = "") -> tuple[bytes, str, bool]:
+        """The exposition body, its content type, and whether it is gzip-compressed."""
+        encoder, content_type = choose_encoder(accept)
+        registry = self.registry
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry(auto_describe=False)
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        body = encoder(registry)
+        if _accepts_gzip(accept_encoding):
+            # Level 6: close to level 9's size at a fraction of its CPU.
+            return gzip.compress(body, compresslevel=6), content_type, True
+        return body, content_type, False
+
+    def authorised(self, authorization: bytes | None) -> bool:
+        if not self._protected:
+            return True
+        if authorization is None:
+            return False
+        scheme, _, credentials = authorization.strip().partition(b" ")
+        scheme = scheme.lower()
+        credentials = credentials.strip()
+        if scheme == b"basic" and self._basic is not None:
+            try:
+                decoded = base64.b64decode(credentials, validate=True)
+            except (binascii.Error, ValueError):
+                return False
+            user, separator, password = decoded.partition(b":")
+            # Both comparisons always run, in constant time, so timing reveals nothing.
+            user_ok = hmac.compare_digest(user, self._basic[0])
+            password_ok = hmac.compare_digest(password, self._basic[1])
+            return bool(separator) and user_ok and password_ok
+        if scheme == b"bearer" and self._bearer is not None:
+            return hmac.compare_digest(credentials, self._bearer)
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope["method"]
+        if method != "GET" and method != "HEAD":
+            await _respond(send, 405, b"Method Not Allowed", [(b"allow", b"GET, HEAD")])
+            return
+        if not self.authorised(header_value(scope, b"authorization")):
+            await _respond(send, 401, b"Unauthorized", self._challenges)
+            return
+        accept = (header_value(scope, b"accept") or b"").decode("latin-1")
+        accept_encoding = (header_value(scope, b"accept-encoding") or b"").decode("latin-1")
+        # A large registry takes milliseconds to render: keep it off the event loop.
+        body, content_type, gzipped = await run_in_threadpool(self.render, accept, accept_encoding)
+        headers = [
+            (b"content-type", content_type.encode("latin-1")),
+            (b"vary", b"Accept, Accept-Encoding"),
+            (b"cache-control", b"no-store"),
+        ]
+        if gzipped:
+            headers.append((b"content-encoding", b"gzip"))
+        headers.append((b"content-length", str(len(body)).encode("ascii")))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+
+
+def _accepts_gzip(accept_encoding: str) -> bool:
+    for part in accept_encoding.split(","):
+        coding, _, params = part.partition(";")
+        if coding.strip().lower() in ("gzip", "*"):
+            quality = params.strip().replace(" ", "").lower()
+            return quality not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+    return False
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, extra_headers: list[tuple[bytes, bytes]]
+) -> None:
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode("ascii")),
+        *extra_headers,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,367 @@
+"""The Prometheus metric catalogue, /metrics, database timing and multiprocess support.
+
+Business code imports the metrics by name, exactly as the monitoring guide shows::
+
+    from amani_observability.metrics import escrow_transactions_total
+
+    escrow_transactions_total.labels(type="hold", status="success").inc()
+
+The metrics live in prometheus_client's default registry, so a service's own
+metrics appear on the same /metrics. Creation is get-or-create: importing this
+module again, building several apps or calling instrument() on new apps in one
+process never raises "Duplicated timeseries".
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from time import perf_counter
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+from ._metrics_middleware import MetricsEndpoint, PrometheusMiddleware
+from .settings import DEFAULT_BUCKETS
+
+if TYPE_CHECKING:
+    from ._instrument import Layer, Lifecycle
+    from .settings import ObservabilitySettings
+
+__all__ = [
+    "MetricsEndpoint",
+    "PrometheusMiddleware",
+    "db_connections_active",
+    "db_query_duration_seconds",
+    "errors_total",
+    "escrow_transactions_total",
+    "http_request_duration_seconds",
+    "http_requests_in_progress",
+    "http_requests_total",
+    "instrument_sqlalchemy",
+    "kyc_submissions_total",
+    "mark_process_dead",
+    "metrics_layer",
+    "track_db_query",
+    "user_registrations_total",
+]
+
+M = TypeVar("M", bound=MetricWrapperBase)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _get_or_create(kind: type[M], name: str, documentation: str, **options: Any) -> M:
+    """The metric registered under `name` in the default registry, created on first use."""
+    existing = REGISTRY._names_to_collectors.get(name)
+    if existing is None:
+        return kind(name, documentation, registry=REGISTRY, **options)
+    labelnames = tuple(options.get("labelnames", ()))
+    if type(existing) is not kind or getattr(existing, "_labelnames", None) != labelnames:
+        raise ValueError(
+            f"A metric named {name!r} is already registered with a different type or labels; "
+            f"amani_observability needs it as a {kind.__name__} with labels {list(labelnames)}."
+        )
+    return existing
+
+
+def _histogram(
+    name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]
+) -> Histogram:
+    """Get-or-create a histogram; a different bucket layout replaces the registered one."""
+    existing = REGISTRY._names_to_collectors.get(name)
+    if isinstance(existing, Histogram) and tuple(existing._upper_bounds[:-1]) != tuple(buckets):
+        # Buckets are fixed at creation: METRICS_BUCKETS differing from the current
+        # layout means a new histogram (its series start from zero).
+        REGISTRY.unregister(existing)
+    return _get_or_create(
+        Histogram, name, documentation, labelnames=labelnames, buckets=tuple(buckets)
+    )
+
+
+# --- the catalogue (names, types and labels are the guide's contract) ---------------------
+
+http_requests_total = _get_or_create(
+    Counter,
+    "http_requests_total",
+    "HTTP requests answered, by method, route template and status code.",
+    labelnames=("method", "endpoint", "status"),
+)
+http_request_duration_seconds = _histogram(
+    "http_request_duration_seconds",
+    "Time from receiving the request to sending the last response byte, in seconds.",
+    ("method", "endpoint"),
+    DEFAULT_BUCKETS,
+)
+# livesum: in multiprocess mode, the sum over live workers is the one meaningful number.
+http_requests_in_progress = _get_or_create(
+    Gauge,
+    "http_requests_in_progress",
+    "HTTP requests being handled right now.",
+    labelnames=("method", "endpoint"),
+    multiprocess_mode="livesum",
+)
+db_connections_active = _get_or_create(
+    Gauge,
+    "db_connections_active",
+    "Database connections checked out of the pool.",
+    multiprocess_mode="livesum",
+)
+db_query_duration_seconds = _histogram(
+    "db_query_duration_seconds",
+    "Database query duration in seconds, by operation.",
+    ("operation",),
+    DEFAULT_BUCKETS,
+)
+escrow_transactions_total = _get_or_create(
+    Counter,
+    "escrow_transactions_total",
+    "Escrow transactions, by type and outcome.",
+    labelnames=("type", "status"),
+)
+user_registrations_total = _get_or_create(
+    Counter, "user_registrations_total", "User registrations."
+)
+kyc_submissions_total = _get_or_create(
+    Counter,
+    "kyc_submissions_total",
+    "KYC submissions, by status.",
+    labelnames=("status",),
+)
+errors_total = _get_or_create(
+    Counter,
+    "errors_total",
+    "Unhandled exceptions, by exception class name and route template.",
+    labelnames=("error_type", "endpoint"),
+)
+
+
+def use_buckets(buckets: Sequence[float]) -> None:
+    """Give both histograms this bucket layout (instrument() applies METRICS_BUCKETS).
+
+    A changed layout replaces the histogram objects, so read them from this module
+    (``metrics.http_request_duration_seconds``) after instrument(), not before.
+    """
+    global http_request_duration_seconds, db_query_duration_seconds
+    http_request_duration_seconds = _histogram(
+        "http_request_duration_seconds",
+        http_request_duration_seconds._documentation,
+        ("method", "endpoint"),
+        buckets,
+    )
+    db_query_duration_seconds = _histogram(
+        "db_query_duration_seconds",
+        db_query_duration_seconds._documentation,
+        ("operation",),
+        buckets,
+    )
+
+
+# --- the middleware layer that instrument() adds ------------------------------------------
+
+
+def metrics_layer(settings: ObservabilitySettings, lifecycle: Lifecycle) -> Layer:
+    """The factory instrument() puts innermost: measures the app and serves /metrics."""
+    use_buckets(settings.metrics_buckets)
+    multiprocess_dir = _multiprocess_dir()
+    if multiprocess_dir is not None:
+
+        async def forget_this_worker() -> None:
+            # This worker's live gauges (in-progress, DB connections) must stop counting
+            # once it is gone; its counters and histograms stay in the totals.
+            mark_process_dead(os.getpid(), multiprocess_dir)
+
+        lifecycle.on_shutdown(forget_this_worker)
+
+    endpoint = MetricsEndpoint(
+        multiprocess=multiprocess_dir is not None,
+        username=settings.metrics_username,
+        password=(
+            settings.metrics_password.get_secret_value() if settings.metrics_password else None
+        ),
+        bearer_token=(
+            settings.metrics_bearer_token.get_secret_value()
+            if settings.metrics_bearer_token
+            else None
+        ),
+    )
+    metrics_path = settings.metrics_path
+    excluded = [*settings.metrics_excluded_paths]
+    requests, duration = http_requests_total, http_request_duration_seconds
+    in_progress, errors = http_requests_in_progress, errors_total
+
+    def layer(inner: Any) -> Any:
+        return PrometheusMiddleware(
+            inner,
+            metrics_path=metrics_path,
+            excluded_paths=excluded,
+            endpoint=endpoint,
+            requests_total=requests,
+            duration=duration,
+            in_progress=in_progress,
+            errors_total=errors,
+        )
+
+    return layer
+
+
+# --- multiple worker processes ------------------------------------------------------------
+
+
+def _multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def mark_process_dead(pid: int, path: str | None = None) -> None:
+    """Drop a dead worker's live gauges from the multiprocess totals.
+
+    Call it from gunicorn's ``child_exit`` hook (see docs/metrics.md). Without
+    PROMETHEUS_MULTIPROC_DIR (and no `path`) it does nothing.
+    """
+    path = path or _multiprocess_dir()
+    if path is None:
+        return
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+
+
+# --- database metrics ---------------------------------------------------------------------
+
+
+class track_db_query:  # lower case: it reads like a function, track_db_query("select")
+    """Time a database call into ``db_query_duration_seconds{operation}``.
+
+    A context manager (``with`` and ``async with``) and a decorator for plain and
+    async functions. The duration is observed whether or not the call raised.
+    """
+
+    __slots__ = ("_operation", "_started")
+
+    def __init__(self, operation: str) -> None:
+        self._operation = operation
+        self._started: list[float] = []
+
+    def _observe(self, started: float) -> None:
+        db_query_duration_seconds.labels(self._operation).observe(perf_counter() - started)
+
+    def __enter__(self) -> track_db_query:
+        # A stack, so one object may be entered again (nested or reused) safely.
+        self._started.append(perf_counter())
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._observe(self._started.pop())
+
+    async def __aenter__(self) -> track_db_query:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def __call__(self, func: F) -> F:
+        # Each call times itself with a local start, so concurrent calls never mix.
+        if inspect.iscoroutinefunction(func):
+            async_func = cast(Callable[..., Awaitable[Any]], func)
+
+            @functools.wraps(func)
+            async def timed_async(*args: Any, **kwargs: Any) -> Any:
+                started = perf_counter()
+                try:
+                    return await async_func(*args, **kwargs)
+                finally:
+                    self._observe(started)
+
+            return cast(F, timed_async)
+
+        @functools.wraps(func)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                self._observe(started)
+
+        return cast(F, timed)
+
+
+_SQL_OPERATIONS = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})
+_QUERY_STARTS = "amani_observability.query_starts"
+_instrumented_engines: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def sql_operation(statement: str) -> str:
+    """SELECT, INSERT, UPDATE, DELETE or OTHER: the label, never the SQL text."""
+    word = statement.lstrip()[:6].upper()
+    return word if word in _SQL_OPERATIONS else "OTHER"
+
+
+def instrument_sqlalchemy(engine: Any) -> Any:
+    """Measure a SQLAlchemy engine (sync ``Engine`` or ``AsyncEngine``); returns it.
+
+    Pool checkout and checkin drive ``db_connections_active``; every cursor execution
+    observes ``db_query_duration_seconds`` with `operation` SELECT, INSERT, UPDATE,
+    DELETE or OTHER. Calling it again on the same engine does nothing.
+    """
+    from sqlalchemy import event
+
+    sync_engine = getattr(engine, "sync_engine", engine)
+    if sync_engine in _instrumented_engines:
+        return engine
+    _instrumented_engines.add(sync_engine)
+    gauge = db_connections_active
+
+    def on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        gauge.inc()
+
+    def on_checkin(dbapi_connection: Any, record: Any) -> None:
+        gauge.dec()
+
+    def on_detach(dbapi_connection: Any, record: Any) -> None:
+        # A detached connection never comes back through checkin.
+        gauge.dec()
+
+    def before_execute(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+    ) -> None:
+        conn.info.setdefault(_QUERY_STARTS, []).append(perf_counter())
+
+    def after_execute(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+    ) -> None:
+        _observe_query(conn, statement)
+
+    def on_error(context: Any) -> None:
+        conn = context.connection
+        if conn is not None and context.statement is not None:
+            _observe_query(conn, context.statement)
+
+    event.listen(sync_engine, "checkout", on_checkout)
+    event.listen(sync_engine, "checkin", on_checkin)
+    event.listen(sync_engine, "detach", on_detach)
+    event.listen(sync_engine, "before_cursor_execute", before_execute)
+    event.listen(sync_engine, "after_cursor_execute", after_execute)
+    event.listen(sync_engine, "handle_error", on_error)
+    return engine
+
+
+def _observe_query(conn: Any, statement: str) -> None:
+    starts = conn.info.get(_QUERY_STARTS)
+    if not starts:
+        return
+    duration = perf_counter() - starts.pop()
+    db_query_duration_seconds.labels(sql_operation(statement)).observe(duration)
