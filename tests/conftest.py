@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import socket
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -45,6 +46,37 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterato
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def reset_metrics() -> Iterator[None]:
+    """Every test sees our metrics at zero, default buckets and no trace-ID getter."""
+    _reset_metrics()
+    yield
+    _reset_metrics()
+
+
+def _reset_metrics() -> None:
+    metrics = sys.modules.get("amani_observability.metrics")
+    if metrics is None:  # never imported: nothing was registered
+        return
+    from amani_observability import _correlation
+    from amani_observability.settings import DEFAULT_BUCKETS
+
+    _correlation.set_trace_ids_getter(None)
+    metrics.use_buckets(DEFAULT_BUCKETS)
+    for labelled in (
+        metrics.http_requests_total,
+        metrics.http_request_duration_seconds,
+        metrics.http_requests_in_progress,
+        metrics.db_query_duration_seconds,
+        metrics.escrow_transactions_total,
+        metrics.kyc_submissions_total,
+        metrics.errors_total,
+    ):
+        labelled.clear()
+    metrics.user_registrations_total.reset()
+    metrics.db_connections_active.set(0)
 
 
 @asynccontextmanager

@@ -17,12 +17,20 @@ from fastapi import APIRouter, FastAPI, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from amani_observability import ObservabilitySettings, get_request_id, instrument
+from amani_observability.metrics import (
+    escrow_transactions_total,
+    instrument_sqlalchemy,
+    kyc_submissions_total,
+    user_registrations_total,
+)
 
 from .store import Store
 
 logger = logging.getLogger("demo")
 
 store = Store(os.environ.get("DATABASE_URL", "sqlite://"))
+# Pool checkouts and query durations feed db_connections_active and db_query_duration_seconds.
+instrument_sqlalchemy(store.engine)
 
 app = FastAPI(title="amani-observability demo", version="0.1.0")
 api = APIRouter(prefix="/api/v1")
@@ -52,6 +60,7 @@ async def health() -> dict[str, str]:
 async def register_user(body: Registration, request: Request) -> dict[str, str]:
     user_id = uuid.uuid4().hex
     await asyncio.to_thread(store.add_user, user_id, body.email)
+    user_registrations_total.inc()
     logger.info("registered user", extra={"user_id": user_id})
     return {"user_id": user_id, "request_id": get_request_id(request) or ""}
 
@@ -59,7 +68,12 @@ async def register_user(body: Registration, request: Request) -> dict[str, str]:
 @api.post("/escrow/transactions", status_code=201)
 async def create_escrow_transaction(body: EscrowRequest) -> dict[str, object]:
     transaction_id = uuid.uuid4().hex
-    await asyncio.to_thread(store.add_transaction, transaction_id, body.type, body.amount)
+    try:
+        await asyncio.to_thread(store.add_transaction, transaction_id, body.type, body.amount)
+    except Exception:
+        escrow_transactions_total.labels(type=body.type, status="failed").inc()
+        raise
+    escrow_transactions_total.labels(type=body.type, status="success").inc()
     logger.info("escrow %s", body.type, extra={"transaction_id": transaction_id})
     return {"transaction_id": transaction_id, "type": body.type, "status": "success"}
 
@@ -75,6 +89,7 @@ async def get_escrow_transaction(transaction_id: str) -> dict[str, object]:
 @api.post("/kyc/submissions", status_code=202)
 async def submit_kyc(body: KYCSubmission) -> dict[str, str]:
     await asyncio.to_thread(store.add_kyc, body.user_id, body.document_type)
+    kyc_submissions_total.labels(status="pending").inc()
     return {"status": "pending"}
 
 

@@ -60,3 +60,36 @@ def test_demo_answers_with_request_ids_and_json_access_lines(tmp_path: Path) -> 
     assert [(e["message"], e["request_id"]) for e in app_lines] == [
         ("registered user", "demo-req-1")
     ]
+
+
+def test_demo_counts_business_events_and_database_work_on_metrics(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with UvicornProcess(
+        "examples.demo_app.main:app", free_port(), log_path=tmp_path / "uvicorn.log"
+    ) as server:
+        base = server.base_url + "/api/v1"
+        assert httpx.post(base + "/users/register", json={"email": "a@x.io"}).status_code == 201
+        for kind in ("hold", "hold", "release"):
+            response = httpx.post(base + "/escrow/transactions", json={"type": kind, "amount": 5})
+            assert response.status_code == 201
+        kyc = {"user_id": "u1", "document_type": "passport"}
+        assert httpx.post(base + "/kyc/submissions", json=kyc).status_code == 202
+        text = httpx.get(server.base_url + "/metrics").text
+
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("user_registrations_total", ())] == 1.0
+    assert samples[("escrow_transactions_total", (("status", "success"), ("type", "hold")))] == 2.0
+    assert (
+        samples[("escrow_transactions_total", (("status", "success"), ("type", "release")))] == 1.0
+    )
+    assert samples[("kyc_submissions_total", (("status", "pending"),))] == 1.0
+    assert samples[("db_query_duration_seconds_count", (("operation", "INSERT"),))] == 5.0
+    assert samples[("db_connections_active", ())] == 0.0
+    route = "/api/v1/escrow/transactions"
+    labels = (("endpoint", route), ("method", "POST"), ("status", "201"))
+    assert samples[("http_requests_total", labels)] == 3.0
