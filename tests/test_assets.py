@@ -15,6 +15,7 @@ from amani_observability.assets import (
     ALERT_RULES_FILE,
     DEFAULT_MEMORY_LIMIT_BYTES,
     GRAFANA_DASHBOARD_FILE,
+    alert_names,
     alert_rules,
     export_assets,
     grafana_dashboard,
@@ -96,6 +97,7 @@ def test_assets_are_read_from_the_package_files() -> None:
 def test_rules_hold_the_guides_eight_alerts_with_for_severity_and_annotations() -> None:
     found = rules()
     assert [rule["alert"] for rule in found] == GUIDE_ALERTS
+    assert alert_names() == GUIDE_ALERTS
     for rule in found:
         name = rule["alert"]
         assert re.fullmatch(r"\d+m", rule["for"]), name

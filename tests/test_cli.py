@@ -209,9 +209,10 @@ def test_check_masks_every_secret(
 
 
 def test_mask_shows_lists_and_plain_values() -> None:
-    assert mask("metrics_excluded_paths", ["/health", "/internal/.*"]) == "/health,/internal/.*"
-    assert mask("metrics_excluded_paths", []) == "(empty)"
-    assert mask("tracing_sample_rate", 0.5) == "0.5"
+    assert mask(["/health", "/internal/.*"]) == "/health,/internal/.*"
+    assert mask([]) == "(empty)"
+    assert mask(0.5) == "0.5"
+    assert mask(None) == "(unset)"
 
 
 def test_check_reports_invalid_settings_in_one_line(
@@ -401,3 +402,54 @@ def test_test_alert_fails_when_the_channel_rejects_it(
         code, lines = run(capsys, "check", "--test-alert", "slack")
     assert code == 1
     assert any(line.startswith("FAIL  alert slack: test alert not delivered") for line in lines)
+
+
+def test_check_prometheus_url_names_missing_rules_alertmanager_and_down_targets(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # One body answers /api/v1/rules, /alertmanagers and /targets: each reads its own key.
+    body = {
+        "status": "success",
+        "data": {
+            "groups": [{"rules": [{"type": "alerting", "name": "HighErrorRate"}]}],
+            "activeAlertmanagers": [],
+            "activeTargets": [
+                {
+                    "labels": {"job": "amani-backend"},
+                    "scrapeUrl": "http://app:8000/metrics",
+                    "health": "down",
+                    "lastError": "connection refused",
+                }
+            ],
+        },
+    }
+    with Recorder(status=200, body=json.dumps(body).encode()) as prometheus:
+        code, lines = run(
+            capsys, "check", "--prometheus-url", f"http://127.0.0.1:{prometheus.port}"
+        )
+    assert code == 1
+    assert [line for line in lines if line.startswith("FAIL")] == [
+        "FAIL  prometheus: alert rules not loaded: HighResponseTime, DatabaseConnectionIssues, "
+        "HighMemoryUsage, HighCPUUsage, DiskSpaceLow, ApplicationDown, SlowDatabaseQueries",
+        "FAIL  prometheus: no Alertmanager configured, alerts go nowhere",
+        "FAIL  prometheus: target amani-backend http://app:8000/metrics is down "
+        "(connection refused)",
+    ]
+    assert [path for _, path, _ in prometheus.requests] == [
+        "/api/v1/rules",
+        "/api/v1/alertmanagers",
+        "/api/v1/targets",
+    ]
+    assert lines[-1] == "3 check(s) failed"
+
+
+def test_check_prometheus_url_fails_when_nothing_answers(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    port = free_port()
+    code, lines = run(capsys, "check", "--prometheus-url", f"http://127.0.0.1:{port}")
+    assert code == 1
+    [line] = [line for line in lines if line.startswith("FAIL")]
+    assert line.startswith(
+        f"FAIL  prometheus: http://127.0.0.1:{port} did not answer its HTTP API ("
+    )

@@ -25,21 +25,10 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from ._version import __version__
-from .assets import DEFAULT_JOB, DEFAULT_MEMORY_LIMIT_BYTES, export_assets
+from .assets import DEFAULT_JOB, DEFAULT_MEMORY_LIMIT_BYTES, alert_names, export_assets
 from .exceptions import ConfigurationError
 from .settings import ObservabilitySettings
 
-# The alert names `check --prometheus-url` expects Prometheus to have loaded.
-ALERT_NAMES = (
-    "HighErrorRate",
-    "HighResponseTime",
-    "DatabaseConnectionIssues",
-    "HighMemoryUsage",
-    "HighCPUUsage",
-    "DiskSpaceLow",
-    "ApplicationDown",
-    "SlowDatabaseQueries",
-)
 TEST_EVENT_MESSAGE = "amani-observability check: test event"
 TEST_ALERT_MESSAGE = "amani-observability check: test alert"
 MASK = "****"
@@ -159,7 +148,7 @@ def _export(args: argparse.Namespace) -> int:
 # --- check ------------------------------------------------------------------------------
 
 
-def mask(name: str, value: Any) -> str:
+def mask(value: Any) -> str:
     """How `check` prints a setting: secrets masked, URLs keeping only scheme and host."""
     if value is None:
         return "(unset)"
@@ -224,7 +213,7 @@ class _Check:
 
         _write("Effective configuration (secrets masked):")
         for name in type(settings).model_fields:
-            _write(f"  {name.upper()} = {mask(name, getattr(settings, name))}")
+            _write(f"  {name.upper()} = {mask(getattr(settings, name))}")
         _write("")
 
         self.check_metrics(settings)
@@ -381,11 +370,12 @@ class _Check:
             for rule in group.get("rules", [])
             if rule.get("type") == "alerting"
         }
-        missing = [name for name in ALERT_NAMES if name not in loaded]
+        expected = alert_names()
+        missing = [name for name in expected if name not in loaded]
         if missing:
             self.fail(f"prometheus: alert rules not loaded: {', '.join(missing)}")
         else:
-            self.ok(f"prometheus: all {len(ALERT_NAMES)} alert rules are loaded")
+            self.ok(f"prometheus: all {len(expected)} alert rules are loaded")
         active = managers.get("data", {}).get("activeAlertmanagers", [])
         if not active:
             self.fail("prometheus: no Alertmanager configured, alerts go nowhere")

@@ -20,8 +20,8 @@ import httpx
 import pytest
 import yaml
 
-from amani_observability.assets import export_assets, grafana_dashboard
-from amani_observability.cli import ALERT_NAMES, main
+from amani_observability.assets import alert_names, export_assets, grafana_dashboard
+from amani_observability.cli import main
 from tests.conftest import free_port, require_binary
 from tests.support import UvicornProcess
 
@@ -231,9 +231,9 @@ def test_prometheus_loads_and_evaluates_every_alert_rule_without_error(
     stack: dict[str, Any],
 ) -> None:
     found = alerting_rules(stack["url"])
-    assert [rule["name"] for rule in found] == list(ALERT_NAMES)
+    assert [rule["name"] for rule in found] == alert_names()
     assert {rule["name"]: (rule["health"], rule.get("lastError", "")) for rule in found} == {
-        name: ("ok", "") for name in ALERT_NAMES
+        name: ("ok", "") for name in alert_names()
     }
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_JOB",
     "DEFAULT_MEMORY_LIMIT_BYTES",
     "GRAFANA_DASHBOARD_FILE",
+    "alert_names",
     "alert_rules",
     "export_assets",
     "grafana_dashboard",
@@ -59,6 +60,11 @@ def alert_rules(
     return text.replace(_JOB_SELECTOR, f'job="{job}"').replace(
         _MEMORY_LIMIT, str(memory_limit_bytes)
     )
+
+
+def alert_names() -> list[str]:
+    """The names of the packaged alerts, in file order."""
+    return re.findall(r"^\s*- alert: (\w+)$", _read(ALERT_RULES_FILE), flags=re.MULTILINE)
 
 
 def grafana_dashboard() -> str:
