@@ -545,3 +545,73 @@ def test_render_of_a_private_registry_matches_generate_latest() -> None:
         "text/plain; version=0.0.4; charset=utf-8",
         False,
     )
+
+
+async def test_behind_a_root_path_the_metrics_path_and_templates_are_app_relative() -> None:
+    app = build_app()
+    scope = http_scope("/prefix/api/v1/items/5", root_path="/prefix")
+    messages = await call_asgi(app, scope)
+    scrape = await call_asgi(app, http_scope("/prefix/metrics", root_path="/prefix"))
+
+    assert (messages[0]["status"], scrape[0]["status"]) == (200, 200)
+    assert requests_total("GET", "/api/v1/items/{item_id}", "200") == 1.0
+    assert b'endpoint="/api/v1/items/{item_id}"' in scrape[1]["body"]
+
+
+async def test_the_middleware_alone_uses_the_catalogue_and_serves_metrics() -> None:
+    from amani_observability.metrics import PrometheusMiddleware
+
+    async def hello(scope: Any, receive: Any, send: Any) -> None:
+        await PlainTextResponse("hi", status_code=202)(scope, receive, send)
+
+    app = PrometheusMiddleware(hello)
+    answered = await call_asgi(app, http_scope("/hello", method="POST"))
+    scrape = await call_asgi(app, http_scope("/metrics"))
+
+    assert answered[0]["status"] == 202
+    assert requests_total("POST", UNMATCHED_ROUTE, "202") == 1.0
+    assert scrape[0]["status"] == 200
+
+
+async def test_multiproc_dir_set_too_late_warns_and_serves_this_process(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from amani_observability.metrics import MULTIPROC_TOO_LATE
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    try:
+        async with client(build_app()) as http:
+            await http.get("/health")
+            scrape = await http.get("/metrics", headers={"accept-encoding": "identity"})
+    finally:
+        # Before the registry reset, which prometheus_client refuses in multiprocess mode.
+        monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+
+    assert [r.getMessage() for r in caplog.records if r.name == "amani_observability.metrics"] == [
+        MULTIPROC_TOO_LATE
+    ]
+    line = 'http_requests_total{endpoint="/health",method="GET",status="200"} 1.0'
+    assert line in scrape.text.splitlines()
+
+
+async def test_an_exemplar_prometheus_refuses_still_records_the_observation() -> None:
+    set_trace_ids_getter(lambda: ("f" * 100, "e" * 100))  # over the 128-character limit
+    async with client(build_app()) as http:
+        assert (await http.get("/health")).status_code == 200
+
+    assert duration("GET", "/health") == 1.0
+    assert requests_total("GET", "/health", "200") == 1.0
+
+
+async def test_pathsend_is_the_final_message_of_a_file_response() -> None:
+    async def send_file(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.pathsend", "path": "/etc/hostname"})
+        await asyncio.sleep(0.3)  # a background task after the response
+
+    app = instrument(send_file, settings(request_id_enabled=False))
+    messages = await call_asgi(app, http_scope("/download"))
+
+    assert [m["type"] for m in messages] == ["http.response.start", "http.response.pathsend"]
+    assert requests_total("GET", UNMATCHED_ROUTE, "200") == 1.0
+    assert duration("GET", UNMATCHED_ROUTE, "sum") < 0.2

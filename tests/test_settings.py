@@ -106,6 +106,17 @@ def test_secrets_never_show_in_repr_or_str() -> None:
             "METRICS_BUCKETS=1,0.5: must be positive numbers in increasing order",
         ),
         ("SERVICE_NAME", "", "SERVICE_NAME=: must not be empty"),
+        (
+            "METRICS_USERNAME",
+            "prometheus",
+            "METRICS_PASSWORD: METRICS_USERNAME and METRICS_PASSWORD must be set together",
+        ),
+        (
+            "METRICS_PASSWORD",
+            "topsecret",
+            "METRICS_PASSWORD: METRICS_USERNAME and METRICS_PASSWORD must be set together",
+        ),
+        ("METRICS_BEARER_TOKEN", "", "METRICS_BEARER_TOKEN: must not be empty"),
     ],
 )
 def test_a_bad_value_is_one_configuration_error_naming_the_variable(

@@ -14,6 +14,7 @@ import binascii
 import gzip
 import hmac
 import re
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from time import perf_counter
 from typing import Any
@@ -39,6 +40,31 @@ from ._asgi import (
 )
 
 _current_trace_ids = _correlation.current_trace_ids
+_INF = float("inf")
+# OpenMetrics allows 128 characters of exemplar label names and values together;
+# "trace_id" and "span_id" take 15 of them. Real IDs (32 + 16 hex digits) always fit.
+_EXEMPLAR_ID_ROOM = 128 - len("trace_id") - len("span_id")
+
+# Per (method, template, status): counter inc, histogram sum inc, bucket upper bounds,
+# bucket incs, and the histogram child itself (for observations with an exemplar).
+_Series = tuple[
+    Callable[[float], None],
+    Callable[[float], None],
+    tuple[float, ...],
+    tuple[Callable[[float], None], ...],
+    Any,
+]
+
+
+def _fast_inc(child: Any) -> Callable[[float], None]:
+    """The child's value increment: Counter.inc()/Gauge.inc() minus their per-call checks."""
+    value = getattr(child, "_value", None)
+    inc = getattr(value, "inc", None)
+    return inc if callable(inc) else child.inc  # type: ignore[no-any-return]
+
+
+def _ignore(amount: float) -> None:
+    return None
 
 
 class PrometheusMiddleware:
@@ -48,14 +74,30 @@ class PrometheusMiddleware:
         self,
         app: ASGIApp,
         *,
-        requests_total: Any,
-        duration: Any,
-        in_progress: Any,
-        errors_total: Any,
         metrics_path: str | None = "/metrics",
         excluded_paths: Iterable[str] = (),
         endpoint: MetricsEndpoint | None = None,
+        requests_total: Any = None,
+        duration: Any = None,
+        in_progress: Any = None,
+        errors_total: Any = None,
     ) -> None:
+        """Measure `app`; serve `endpoint` (by default an unprotected one) at `metrics_path`.
+
+        The metric arguments default to the catalogue's; `metrics_path=None` serves nothing.
+        """
+        from . import metrics  # the catalogue imports this module: import it late
+
+        if requests_total is None:
+            requests_total = metrics.http_requests_total
+        if duration is None:
+            duration = metrics.http_request_duration_seconds
+        if in_progress is None:
+            in_progress = metrics.http_requests_in_progress
+        if errors_total is None:
+            errors_total = metrics.errors_total
+        if metrics_path is not None and endpoint is None:
+            endpoint = MetricsEndpoint()
         self.app = app
         self.metrics_path = metrics_path
         self.endpoint = endpoint
@@ -70,8 +112,8 @@ class PrometheusMiddleware:
         self.errors_total = errors_total
         # Label children, created once per label combination: .labels() costs ~1.5 us,
         # a cached child ~0.4 us. Every key part is bounded, so these stay small.
-        self._finished: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self._gauges: dict[tuple[str, str], Any] = {}
+        self._finished: dict[tuple[str, str, int], _Series] = {}
+        self._gauges: dict[tuple[str, str], Callable[[float], None]] = {}
         self._errors: dict[tuple[str, str], Any] = {}
         self._routes = _RoutePredictor()
 
@@ -81,6 +123,10 @@ class PrometheusMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
+        entry_root_path = scope.get("root_path", "")
+        if entry_root_path and path.startswith(entry_root_path):
+            # Behind a proxy prefix (uvicorn --root-path) paths are matched app-relative.
+            path = path[len(entry_root_path) :]
         if path == self.metrics_path and self.endpoint is not None:
             await self.endpoint(scope, receive, send)
             return
@@ -91,14 +137,13 @@ class PrometheusMiddleware:
         method = scope["method"]
         if method not in KNOWN_METHODS:
             method = OTHER_METHOD
-        entry_root_path = scope.get("root_path", "")
         # The router has not run yet, so the gauge's endpoint is predicted from the
         # app's route table; the same child is decremented, whatever the router decides.
-        gauge_key = (method, self._routes.predict(scope, path, entry_root_path))
-        gauge = self._gauges.get(gauge_key)
-        if gauge is None:
-            gauge = self._gauges[gauge_key] = self.in_progress.labels(*gauge_key)
-        gauge.inc()
+        gauge_key = (method, self._routes.predict(scope, path))
+        gauge_inc = self._gauges.get(gauge_key)
+        if gauge_inc is None:
+            gauge_inc = self._gauges[gauge_key] = _fast_inc(self.in_progress.labels(*gauge_key))
+        gauge_inc(1)
         status = 0
         finished = False
         client_gone = False
@@ -108,18 +153,18 @@ class PrometheusMiddleware:
             nonlocal finished
             finished = True
             elapsed = perf_counter() - started
-            gauge.dec()
+            gauge_inc(-1)
             template = route_template(scope, entry_root_path) or UNMATCHED_ROUTE
-            key = (method, template, code)
-            children = self._finished.get(key)
-            if children is None:
-                children = self._children(key)
-            children[0].inc()
+            series = self._finished.get((method, template, code))
+            if series is None:
+                series = self._series(method, template, code)
+            series[0](1)
             trace = _current_trace_ids()
-            if trace is None:
-                children[1].observe(elapsed)
+            if trace is not None and len(trace[0]) + len(trace[1]) <= _EXEMPLAR_ID_ROOM:
+                series[4].observe(elapsed, {"trace_id": trace[0], "span_id": trace[1]})
             else:
-                children[1].observe(elapsed, {"trace_id": trace[0], "span_id": trace[1]})
+                series[1](elapsed)
+                series[3][bisect_left(series[2], elapsed)](1)
             return template
 
         async def send_measured(message: Message) -> None:
@@ -131,7 +176,7 @@ class PrometheusMiddleware:
                 message_type == "http.response.body"
                 and not finished
                 and not message.get("more_body", False)
-            ):
+            ) or message_type == "http.response.pathsend":
                 # The final body message: stop the clock once it is sent, before any
                 # background task runs.
                 try:
@@ -169,14 +214,27 @@ class PrometheusMiddleware:
             # no response at all (the server then answers 500).
             finish(status or 500)
 
-    def _children(self, key: tuple[str, str, int]) -> tuple[Any, Any]:
-        method, template, code = key
-        children = (
-            self.requests_total.labels(method, template, str(code)),
-            self.duration.labels(method, template),
+    def _series(self, method: str, template: str, code: int) -> _Series:
+        histogram = self.duration.labels(method, template)
+        sum_value = getattr(histogram, "_sum", None)
+        buckets = getattr(histogram, "_buckets", None)
+        bounds = getattr(histogram, "_upper_bounds", None)
+        if sum_value is not None and buckets is not None and bounds is not None:
+            # What Histogram.observe() does, minus its per-call checks and Python loop.
+            observe_sum = sum_value.inc
+            bucket_incs = tuple(bucket.inc for bucket in buckets)
+            upper_bounds = tuple(bounds)
+        else:  # pragma: no cover - a prometheus_client without these internals
+            observe_sum, bucket_incs, upper_bounds = histogram.observe, (_ignore,), (_INF,)
+        series = (
+            _fast_inc(self.requests_total.labels(method, template, str(code))),
+            observe_sum,
+            upper_bounds,
+            bucket_incs,
+            histogram,
         )
-        self._finished[key] = children
-        return children
+        self._finished[(method, template, code)] = series
+        return series
 
     def _count_error(self, error_type: str, template: str) -> None:
         key = (error_type, template)
@@ -201,7 +259,7 @@ class _RoutePredictor:
         self._match: Callable[[str], re.Match[str] | None] | None = None
         self._templates: list[str] = []
 
-    def predict(self, scope: Scope, path: str, root_path: str) -> str:
+    def predict(self, scope: Scope, path: str) -> str:
         app = scope.get("app")
         routes = getattr(getattr(app, "router", None), "routes", None)
         if routes is None:
@@ -210,8 +268,6 @@ class _RoutePredictor:
             self._build(app, routes)
         if self._match is None:
             return UNMATCHED_ROUTE
-        if root_path and path.startswith(root_path):
-            path = path[len(root_path) :]
         found = self._match(path)
         if found is None or found.lastindex is None:
             return UNMATCHED_ROUTE

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import os
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
@@ -50,6 +51,14 @@ __all__ = [
     "track_db_query",
     "user_registrations_total",
 ]
+
+logger = logging.getLogger("amani_observability.metrics")
+
+MULTIPROC_TOO_LATE = (
+    "PROMETHEUS_MULTIPROC_DIR was set after prometheus_client was imported, so this "
+    "process keeps its metrics in memory; /metrics shows this process only. Set the "
+    "variable before Python starts."
+)
 
 M = TypeVar("M", bound=MetricWrapperBase)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -168,6 +177,11 @@ def metrics_layer(settings: ObservabilitySettings, lifecycle: Lifecycle) -> Laye
     """The factory instrument() puts innermost: measures the app and serves /metrics."""
     use_buckets(settings.metrics_buckets)
     multiprocess_dir = _multiprocess_dir()
+    if multiprocess_dir is not None and not _values_in_files():
+        # The values of this process live in memory: aggregating the directory would
+        # show other processes' numbers, or none, instead of ours.
+        logger.warning(MULTIPROC_TOO_LATE)
+        multiprocess_dir = None
     if multiprocess_dir is not None:
 
         async def forget_this_worker() -> None:
@@ -214,6 +228,12 @@ def metrics_layer(settings: ObservabilitySettings, lifecycle: Lifecycle) -> Laye
 
 def _multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def _values_in_files() -> bool:
+    from prometheus_client import values
+
+    return values.ValueClass is not values.MutexValue
 
 
 def mark_process_dead(pid: int, path: str | None = None) -> None:

@@ -1,0 +1,81 @@
+"""Scrape cost: our /metrics exposition against prometheus_client.generate_latest.
+
+    python -m benchmarks.scrape_cost [--rounds 9] [--series 10000]
+
+Both render the same private registry holding `--series` series (a labelled counter);
+ours is measured twice: the render alone (what the endpoint runs in a worker thread)
+and the whole ASGI request to /metrics. Target: ours <= 1.2x generate_latest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+from amani_observability._metrics_middleware import MetricsEndpoint
+
+TARGET = 1.2
+
+
+def build_registry(series: int) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    counter = Counter(
+        "bench_requests_total", "Requests.", ["method", "endpoint", "status"], registry=registry
+    )
+    for n in range(series):
+        counter.labels("GET", f"/route/{n // 10}", str(200 + n % 10)).inc(n)
+    return registry
+
+
+def asgi_scrape(endpoint: MetricsEndpoint) -> Callable[[], None]:
+    scope = {"type": "http", "method": "GET", "path": "/metrics", "headers": []}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        return None
+
+    loop = asyncio.new_event_loop()
+    return lambda: loop.run_until_complete(endpoint(scope, receive, send))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--series", type=int, default=10_000)
+    args = parser.parse_args(argv)
+
+    registry = build_registry(args.series)
+    endpoint = MetricsEndpoint(registry=registry)
+    assert endpoint.render()[0] == generate_latest(registry)
+    contenders: dict[str, Callable[[], object]] = {
+        "generate_latest": lambda: generate_latest(registry),
+        "amani render": endpoint.render,
+        "amani GET /metrics (ASGI)": asgi_scrape(endpoint),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(args.rounds):
+        for name, run in contenders.items():
+            started = time.perf_counter()
+            run()
+            samples[name].append((time.perf_counter() - started) * 1000)
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    base = medians["generate_latest"]
+    for name, ms in medians.items():
+        print(f"{name:<28} {ms:8.2f} ms  {ms / base:5.2f}x", file=sys.stderr)
+    ratio = medians["amani GET /metrics (ASGI)"] / base
+    print(json.dumps({"series": args.series, "ms": medians, "ratio": round(ratio, 3)}))
+    return 0 if ratio <= TARGET else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
