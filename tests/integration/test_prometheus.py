@@ -9,6 +9,7 @@ every alert expression and the guide's four example queries.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -22,7 +23,7 @@ import yaml
 
 from amani_observability.assets import alert_names, export_assets, grafana_dashboard
 from amani_observability.cli import main
-from tests.conftest import free_port, require_binary
+from tests.conftest import _OUR_PREFIXES, free_port, require_binary
 from tests.support import UvicornProcess
 
 pytestmark = pytest.mark.integration
@@ -97,7 +98,20 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def module_environment() -> Iterator[None]:
+    """clean_environment for module-scoped fixtures, which run before it: without this the
+    demo would inherit a developer's SENTRY_DSN, TRACING_ENABLED..."""
+    with pytest.MonkeyPatch.context() as environment:
+        for name in list(os.environ):
+            if name.startswith(_OUR_PREFIXES):
+                environment.delenv(name)
+        yield
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, module_environment: None
+) -> Iterator[dict[str, Any]]:
     """Demo app, Alertmanager and Prometheus, with traffic driven and scraped."""
     prometheus = require_binary("prometheus")
     alertmanager = require_binary("prometheus-alertmanager")
