@@ -37,6 +37,7 @@ class Recorder:
         self.status = status
         self.body = body
         self.requests: list[tuple[str, str, bytes]] = []
+        self.headers: list[dict[str, str]] = []
         recorder = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -50,6 +51,7 @@ class Recorder:
 
             def do_GET(self) -> None:
                 recorder.requests.append(("GET", self.path, b""))
+                recorder.headers.append(dict(self.headers))
                 self._answer()
 
             def _answer(self) -> None:
@@ -365,6 +367,33 @@ def test_check_metrics_url_passes_when_http_metrics_are_served(
         f"ok    metrics: http://127.0.0.1:{service.port}/metrics serves http_requests_total"
         in lines
     )
+
+
+@pytest.mark.parametrize(
+    ("variables", "authorization"),
+    [
+        ({"METRICS_BEARER_TOKEN": "scrape-token"}, "Bearer scrape-token"),
+        (
+            {"METRICS_USERNAME": "prometheus", "METRICS_PASSWORD": "scrape-pass"},
+            "Basic cHJvbWV0aGV1czpzY3JhcGUtcGFzcw==",
+        ),
+    ],
+)
+def test_check_metrics_url_sends_the_configured_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variables: dict[str, str],
+    authorization: str,
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("METRICS_PATH", "/internal/metrics")
+    with Recorder(status=200, body=b"http_requests_total 0\n") as service:
+        code, lines = run(capsys, "check", "--metrics-url", f"http://127.0.0.1:{service.port}")
+    assert code == 0, lines
+    assert [path for _, path, _ in service.requests] == ["/internal/metrics"]
+    assert service.headers[0]["Authorization"] == authorization
+    assert "scrape-" not in "\n".join(lines)
 
 
 ALERTS_AVAILABLE = importlib.util.find_spec("amani_observability.alerts") is not None
