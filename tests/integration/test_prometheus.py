@@ -3,7 +3,8 @@
 Prometheus (Debian package `prometheus`) scrapes the demo every second with the exported
 alert rules loaded and a real Alertmanager configured; the test drives ok, slow, failing
 and business traffic, then asks Prometheus' HTTP API for every dashboard panel expression,
-every alert expression and the guide's four example queries.
+every alert expression and the guide's four example queries. A second, dead target of the
+job makes ApplicationDown fire through to Alertmanager.
 """
 
 from __future__ import annotations
@@ -116,8 +117,14 @@ def stack(
     prometheus = require_binary("prometheus")
     alertmanager = require_binary("prometheus-alertmanager")
     tmp = tmp_path_factory.mktemp("prometheus")
-    export_assets(tmp, job=JOB)
-    app_port, prom_port, am_port = free_port(), free_port(), free_port()
+    [rules_path, _] = export_assets(tmp, job=JOB)
+    # A second target of the job where nothing listens: ApplicationDown must fire for it
+    # and reach Alertmanager. Its `for: 1m` becomes 0s here, so the test need not wait a
+    # minute; the expression, labels and annotations stay the packaged ones.
+    rules = rules_path.read_text()
+    assert rules.count("for: 1m") == 1
+    rules_path.write_text(rules.replace("for: 1m", "for: 0s"))
+    app_port, prom_port, am_port, dead_port = free_port(), free_port(), free_port(), free_port()
 
     (tmp / "alertmanager.yml").write_text(
         "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n"
@@ -129,7 +136,12 @@ def stack(
             "alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]
         },
         "scrape_configs": [
-            {"job_name": JOB, "static_configs": [{"targets": [f"127.0.0.1:{app_port}"]}]}
+            {
+                "job_name": JOB,
+                "static_configs": [
+                    {"targets": [f"127.0.0.1:{app_port}", f"127.0.0.1:{dead_port}"]}
+                ],
+            }
         ],
     }
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -188,7 +200,13 @@ def stack(
             lambda: all(r["lastEvaluation"] > "2000" for r in alerting_rules(prom_url)),
             20,
         )
-        yield {"url": prom_url, "demo": demo.base_url, "failed": failed, "am_port": am_port}
+        yield {
+            "url": prom_url,
+            "demo": demo.base_url,
+            "failed": failed,
+            "am_port": am_port,
+            "dead": f"127.0.0.1:{dead_port}",
+        }
 
 
 def drive_one_round(client: httpx.Client) -> None:
@@ -322,10 +340,39 @@ def test_check_command_confirms_rules_alertmanager_targets_and_metrics(
 ) -> None:
     code = main(["check", "--prometheus-url", stack["url"], "--metrics-url", stack["demo"]])
     lines = capsys.readouterr().out.splitlines()
-    assert code == 0, lines
+    assert code == 1, lines
+    [failure] = [line for line in lines if line.startswith("FAIL")]
+    assert failure.startswith(
+        f"FAIL  prometheus: target {JOB} http://{stack['dead']}/metrics is down ("
+    )
+    assert "connection refused" in failure
     assert f"ok    metrics: {stack['demo']}/metrics serves http_requests_total" in lines
     assert "ok    prometheus: all 8 alert rules are loaded" in lines
     assert (
         f"ok    prometheus: Alertmanager 127.0.0.1:{stack['am_port']} accepts connections" in lines
     )
     assert f"ok    prometheus: target {JOB} {stack['demo']}/metrics is up" in lines
+
+
+def test_application_down_fires_for_the_dead_target_and_reaches_alertmanager(
+    stack: dict[str, Any],
+) -> None:
+    def received() -> list[dict[str, Any]]:
+        url = f"http://127.0.0.1:{stack['am_port']}/api/v2/alerts"
+        alerts = httpx.get(url, timeout=5).json()
+        return [a for a in alerts if a["labels"]["alertname"] == "ApplicationDown"]
+
+    [alert] = wait_for("Alertmanager to receive ApplicationDown", received, 30)
+    assert alert["labels"] == {
+        "alertname": "ApplicationDown",
+        "job": JOB,
+        "instance": stack["dead"],
+        "severity": "critical",
+    }
+    assert alert["annotations"] == {
+        "summary": f"{JOB} {stack['dead']} is down",
+        "description": f"Prometheus has failed to scrape {stack['dead']} of {JOB} for 1 minute: "
+        "the process is not running, not listening, or /metrics fails.",
+        "runbook_url": "docs/runbooks/monitoring_runbook.md#applicationdown",
+    }
+    assert alert["status"]["state"] == "active"
