@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -270,3 +273,40 @@ def test_export_assets_refuses_to_overwrite_without_force(tmp_path: Path) -> Non
     export_assets(tmp_path, force=True)
     assert (config / GRAFANA_DASHBOARD_FILE).read_text() == grafana_dashboard()
     assert (config / ALERT_RULES_FILE).read_text() == alert_rules()
+
+
+@pytest.mark.integration
+def test_the_built_wheel_carries_the_assets_and_reads_them_from_the_zip(tmp_path: Path) -> None:
+    """hatchling packs the YAML and JSON files, and importlib.resources finds them in a zip."""
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr
+    [wheel] = tmp_path.glob("amani_observability-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    assert {
+        "amani_observability/assets/__init__.py",
+        "amani_observability/assets/alert_rules.yml",
+        "amani_observability/assets/grafana_dashboard.json",
+        "amani_observability/cli.py",
+    } <= names
+    # The wheel first on the path: the package and its assets are imported from the zip.
+    probe = (
+        "import amani_observability.assets as a; "
+        "print(a.__file__); print(len(a.alert_names()), len(a.grafana_dashboard()))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(wheel)},
+    )
+    assert result.returncode == 0, result.stderr
+    where, sizes = result.stdout.splitlines()
+    assert where.startswith(str(wheel))
+    assert sizes == f"8 {len(grafana_dashboard())}"
