@@ -138,3 +138,11 @@ def test_amtool_accepts_the_stacks_alertmanager_config() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
+
+
+def test_the_app_gets_secrets_only_from_an_optional_env_file() -> None:
+    """An empty `SENTRY_DSN: ${SENTRY_DSN:-}` would count as set: secrets come from a file."""
+    app = compose()["services"]["app"]
+    assert app["env_file"] == [{"path": "./demo.env", "required": False}]
+    secrets = {"SENTRY_DSN", "SLACK_WEBHOOK_URL", "PAGERDUTY_API_KEY", "ALERT_WEBHOOK_URL"}
+    assert secrets.isdisjoint(app["environment"])
