@@ -615,3 +615,36 @@ async def test_pathsend_is_the_final_message_of_a_file_response() -> None:
     assert [m["type"] for m in messages] == ["http.response.start", "http.response.pathsend"]
     assert requests_total("GET", UNMATCHED_ROUTE, "200") == 1.0
     assert duration("GET", UNMATCHED_ROUTE, "sum") < 0.2
+
+
+@pytest.mark.parametrize(
+    ("path", "template"),
+    [
+        ("/items/3", "/items/{item_id}"),
+        ("/items/orders", "/{tenant}/orders"),  # not an int: the next route, as in the router
+        ("/acme/orders", "/{tenant}/orders"),
+        ("/prices/1.5", "/prices/{amount}"),
+        ("/prices/x", UNMATCHED_ROUTE),
+        ("/files/a/b/c.txt", "/files/{path}"),
+        ("/", "/"),
+        ("/items", UNMATCHED_ROUTE),
+        ("/acme/invoices", UNMATCHED_ROUTE),
+    ],
+)
+def test_in_progress_route_prediction_follows_the_route_table(path: str, template: str) -> None:
+    from amani_observability._metrics_middleware import _RoutePredictor
+
+    async def endpoint(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("")
+
+    app = Starlette(
+        routes=[
+            Route("/", endpoint),
+            Route("/items/{item_id:int}", endpoint),
+            Route("/{tenant}/orders", endpoint),
+            Route("/prices/{amount:float}", endpoint),
+            Mount("/files", app=endpoint),
+        ]
+    )
+
+    assert _RoutePredictor().predict({"app": app}, path) == template

@@ -22,6 +22,7 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import CONVERTOR_TYPES
 from starlette.routing import Mount
 
 from . import _correlation
@@ -244,20 +245,25 @@ class PrometheusMiddleware:
         child.inc()
 
 
+_Matcher = tuple[Callable[[str], "re.Match[str] | None"], list[str]]
+
+
 class _RoutePredictor:
     """Guess a request's route template before the router runs, from the app's routes.
 
-    Built once per app (and again if its route list grows): one combined regex whose
-    matching alternative names the template. Unknown apps and paths give UNMATCHED_ROUTE.
+    Built once per app (and again if its route list grows): routes are grouped by their
+    first path segment, and each group is one combined regex whose matching alternative
+    names the template, so a request tries only the routes that can match it.
+    Unknown apps and paths give UNMATCHED_ROUTE.
     """
 
-    __slots__ = ("_app", "_count", "_match", "_templates")
+    __slots__ = ("_app", "_by_segment", "_count", "_fallback")
 
     def __init__(self) -> None:
         self._app: Any = None
         self._count = -1
-        self._match: Callable[[str], re.Match[str] | None] | None = None
-        self._templates: list[str] = []
+        self._by_segment: dict[str, _Matcher] = {}
+        self._fallback: _Matcher | None = None
 
     def predict(self, scope: Scope, path: str) -> str:
         app = scope.get("app")
@@ -266,21 +272,41 @@ class _RoutePredictor:
             return UNMATCHED_ROUTE
         if app is not self._app or len(routes) != self._count:
             self._build(app, routes)
-        if self._match is None:
+        parts = path.split("/", 2)
+        matcher = self._by_segment.get(parts[1] if len(parts) > 1 else "", self._fallback)
+        if matcher is None:
             return UNMATCHED_ROUTE
-        found = self._match(path)
+        found = matcher[0](path)
         if found is None or found.lastindex is None:
             return UNMATCHED_ROUTE
-        return self._templates[found.lastindex - 1]
+        return matcher[1][found.lastindex - 1]
 
     def _build(self, app: Any, routes: list[Any]) -> None:
         patterns: list[str] = []
-        self._templates = []
-        _collect(routes, "", "", patterns, self._templates)
+        templates: list[str] = []
+        _collect(routes, "", "", patterns, templates)
+        segments = [_first_segment(template) for template in templates]
+        entries = list(zip(patterns, templates, segments, strict=True))
+        # A route whose first segment is a parameter can match any path: it joins
+        # every group, in its original order.
+        self._by_segment = {
+            segment: _matcher([e for e in entries if e[2] in (segment, None)])
+            for segment in {s for s in segments if s is not None}
+        }
+        wildcard = [e for e in entries if e[2] is None]
+        self._fallback = _matcher(wildcard) if wildcard else None
         self._app, self._count = app, len(routes)
-        self._match = (
-            re.compile("|".join(f"({p})" for p in patterns)).fullmatch if patterns else None
-        )
+
+
+def _first_segment(template: str) -> str | None:
+    parts = template.split("/", 2)
+    first = parts[1] if len(parts) > 1 else ""
+    return None if "{" in first else first
+
+
+def _matcher(entries: list[tuple[str, str, str | None]]) -> _Matcher:
+    regex = re.compile("|".join(f"({pattern})" for pattern, _, _ in entries))
+    return regex.fullmatch, [template for _, template, _ in entries]
 
 
 _PARAM = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_]*)(?::([a-zA-Z_][a-zA-Z0-9_]*))?\}")
@@ -331,13 +357,22 @@ def _is_route_context(entry: Any) -> bool:
     return type(entry).__name__ == "RouteContext"
 
 
+def _convertor_regex(name: str) -> str:
+    """The convertor's own regex (int: [0-9]+ ...), its groups made non-capturing."""
+    convertor = CONVERTOR_TYPES.get(name)
+    regex = getattr(convertor, "regex", None)
+    if not isinstance(regex, str):
+        return "[^/]+"
+    return "(?:" + re.sub(r"(?<!\\)\((?!\?)", "(?:", regex) + ")"
+
+
 def _path_regex(path: str) -> str:
     """A regex without capturing groups for a Starlette path such as /items/{id:int}."""
     parts: list[str] = []
     position = 0
     for param in _PARAM.finditer(path):
         parts.append(re.escape(path[position : param.start()]))
-        parts.append(".*" if param.group(2) == "path" else "[^/]+")
+        parts.append(_convertor_regex(param.group(2) or "str"))
         position = param.end()
     parts.append(re.escape(path[position:]))
     return "".join(parts)
