@@ -294,9 +294,10 @@ def test_every_dashboard_panel_query_parses_and_the_http_panels_have_data(
         r["metric"]["endpoint"]: float(r["value"][1])
         for r in results["Response Time (95th percentile) A"]
     }
-    # /slow sleeps 0.3 s: its p95 lies in the 0.25-0.5 s bucket.
-    assert 0.25 < p95["/api/v1/slow"] <= 0.5
-    assert p95["/health"] < 0.25
+    # /slow sleeps 0.3 s: its p95 lies above the 0.25 s bucket (and, unless the machine is
+    # badly overloaded, in the 0.25-0.5 s one); /health answers at once.
+    assert 0.25 < p95["/api/v1/slow"] <= 1.0
+    assert p95["/health"] < p95["/api/v1/slow"]
     errors = {
         (r["metric"]["error_type"], r["metric"]["endpoint"]) for r in results["Error Types A"]
     }
