@@ -15,6 +15,7 @@ import gzip
 import hmac
 import re
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable, Iterable
 from time import perf_counter
 from typing import Any
@@ -64,6 +65,36 @@ def _fast_inc(child: Any) -> Callable[[float], None]:
     return inc if callable(inc) else child.inc  # type: ignore[no-any-return]
 
 
+# (enter, leave) of one in-progress gauge child.
+_Gauge = tuple[Callable[[Any], None], Callable[[], Any]]
+_IN_FLIGHT = "_amani_in_flight"
+
+
+def _in_progress(child: Any) -> _Gauge:
+    """Enter/leave callables for an in-progress gauge child.
+
+    In one process the child reads its value from a deque at scrape time: append()
+    and pop() are atomic C calls, about ten times cheaper than two locked increments.
+    Every middleware sharing the child shares its deque. In multiprocess mode the
+    value must live in prometheus_client's files, so the child is incremented.
+    """
+    if not _values_in_memory():
+        value_inc = _fast_inc(child)
+        return (lambda _: value_inc(1)), (lambda: value_inc(-1))
+    in_flight: deque[None] | None = getattr(child, _IN_FLIGHT, None)
+    if in_flight is None:
+        in_flight = deque()
+        setattr(child, _IN_FLIGHT, in_flight)
+        child.set_function(in_flight.__len__)
+    return in_flight.append, in_flight.pop
+
+
+def _values_in_memory() -> bool:
+    from prometheus_client import values
+
+    return values.ValueClass is values.MutexValue
+
+
 def _ignore(amount: float) -> None:
     return None
 
@@ -102,11 +133,8 @@ class PrometheusMiddleware:
         self.app = app
         self.metrics_path = metrics_path
         self.endpoint = endpoint
-        patterns = list(excluded_paths)
-        if metrics_path is not None:
-            # The scrape itself is never measured.
-            patterns.append(re.escape(metrics_path))
-        self.excluded = compile_paths(patterns)
+        # The scrape itself is answered before this check, so it is never measured.
+        self.excluded = compile_paths(excluded_paths)
         self.requests_total = requests_total
         self.duration = duration
         self.in_progress = in_progress
@@ -114,7 +142,7 @@ class PrometheusMiddleware:
         # Label children, created once per label combination: .labels() costs ~1.5 us,
         # a cached child ~0.4 us. Every key part is bounded, so these stay small.
         self._finished: dict[tuple[str, str, int], _Series] = {}
-        self._gauges: dict[tuple[str, str], Callable[[float], None]] = {}
+        self._gauges: dict[tuple[str, str], _Gauge] = {}
         self._errors: dict[tuple[str, str], Any] = {}
         self._routes = _RoutePredictor()
 
@@ -141,35 +169,17 @@ class PrometheusMiddleware:
         # The router has not run yet, so the gauge's endpoint is predicted from the
         # app's route table; the same child is decremented, whatever the router decides.
         gauge_key = (method, self._routes.predict(scope, path))
-        gauge_inc = self._gauges.get(gauge_key)
-        if gauge_inc is None:
-            gauge_inc = self._gauges[gauge_key] = _fast_inc(self.in_progress.labels(*gauge_key))
-        gauge_inc(1)
+        gauge = self._gauges.get(gauge_key)
+        if gauge is None:
+            gauge = self._gauges[gauge_key] = _in_progress(self.in_progress.labels(*gauge_key))
+        gauge[0](None)
         status = 0
         finished = False
         client_gone = False
         started = perf_counter()
 
-        def finish(code: int) -> str:
-            nonlocal finished
-            finished = True
-            elapsed = perf_counter() - started
-            gauge_inc(-1)
-            template = route_template(scope, entry_root_path) or UNMATCHED_ROUTE
-            series = self._finished.get((method, template, code))
-            if series is None:
-                series = self._series(method, template, code)
-            series[0](1)
-            trace = _current_trace_ids()
-            if trace is not None and len(trace[0]) + len(trace[1]) <= _EXEMPLAR_ID_ROOM:
-                series[4].observe(elapsed, {"trace_id": trace[0], "span_id": trace[1]})
-            else:
-                series[1](elapsed)
-                series[3][bisect_left(series[2], elapsed)](1)
-            return template
-
         async def send_measured(message: Message) -> None:
-            nonlocal status, client_gone
+            nonlocal status, finished, client_gone
             message_type = message["type"]
             if message_type == "http.response.start":
                 status = message["status"]
@@ -180,13 +190,14 @@ class PrometheusMiddleware:
             ) or message_type == "http.response.pathsend":
                 # The final body message: stop the clock once it is sent, before any
                 # background task runs.
+                finished = True
                 try:
                     await send(message)
                 except OSError:
                     client_gone = True
                     raise
                 finally:
-                    finish(status or 500)
+                    self._finish(scope, entry_root_path, method, status, started, gauge)
                 return
             try:
                 await send(message)
@@ -201,19 +212,50 @@ class PrometheusMiddleware:
             if finished:
                 template = route_template(scope, entry_root_path) or UNMATCHED_ROUTE
             else:
-                template = finish(status or 500)
+                finished = True
+                template = self._finish(scope, entry_root_path, method, status, started, gauge)
             if not client_gone:
                 self._count_error(type(exc).__name__, template)
             raise
         except BaseException:
             # Cancellation: still balance the gauge and count the request.
             if not finished:
-                finish(status or 500)
+                finished = True
+                self._finish(scope, entry_root_path, method, status, started, gauge)
             raise
         if not finished:
             # Returned without a final body: a stream cut short by a disconnect, or
             # no response at all (the server then answers 500).
-            finish(status or 500)
+            finished = True
+            self._finish(scope, entry_root_path, method, status, started, gauge)
+
+    def _finish(
+        self,
+        scope: Scope,
+        entry_root_path: str,
+        method: str,
+        status: int,
+        started: float,
+        gauge: _Gauge,
+    ) -> str:
+        """Record one finished request; returns its endpoint label."""
+        elapsed = perf_counter() - started
+        gauge[1]()
+        template = route_template(scope, entry_root_path) or UNMATCHED_ROUTE
+        # No status sent: the app raised or returned before responding, and the
+        # server answers 500.
+        code = status or 500
+        series = self._finished.get((method, template, code))
+        if series is None:
+            series = self._series(method, template, code)
+        series[0](1)
+        trace = _current_trace_ids()
+        if trace is not None and len(trace[0]) + len(trace[1]) <= _EXEMPLAR_ID_ROOM:
+            series[4].observe(elapsed, {"trace_id": trace[0], "span_id": trace[1]})
+        else:
+            series[1](elapsed)
+            series[3][bisect_left(series[2], elapsed)](1)
+        return template
 
     def _series(self, method: str, template: str, code: int) -> _Series:
         histogram = self.duration.labels(method, template)

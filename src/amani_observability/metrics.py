@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
-from ._metrics_middleware import MetricsEndpoint, PrometheusMiddleware
+from ._metrics_middleware import MetricsEndpoint, PrometheusMiddleware, _values_in_memory
 from .settings import DEFAULT_BUCKETS
 
 if TYPE_CHECKING:
@@ -177,7 +177,7 @@ def metrics_layer(settings: ObservabilitySettings, lifecycle: Lifecycle) -> Laye
     """The factory instrument() puts innermost: measures the app and serves /metrics."""
     use_buckets(settings.metrics_buckets)
     multiprocess_dir = _multiprocess_dir()
-    if multiprocess_dir is not None and not _values_in_files():
+    if multiprocess_dir is not None and _values_in_memory():
         # The values of this process live in memory: aggregating the directory would
         # show other processes' numbers, or none, instead of ours.
         logger.warning(MULTIPROC_TOO_LATE)
@@ -228,12 +228,6 @@ def metrics_layer(settings: ObservabilitySettings, lifecycle: Lifecycle) -> Laye
 
 def _multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
-
-
-def _values_in_files() -> bool:
-    from prometheus_client import values
-
-    return values.ValueClass is not values.MutexValue
 
 
 def mark_process_dead(pid: int, path: str | None = None) -> None:
