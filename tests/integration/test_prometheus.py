@@ -279,7 +279,7 @@ def test_every_alert_expression_parses_and_evaluates(stack: dict[str, Any]) -> N
             assert query(stack["url"], inner), rule["name"]
 
 
-def test_every_dashboard_panel_query_parses_and_the_http_panels_have_data(
+def test_every_dashboard_panel_query_parses_and_returns_data(
     stack: dict[str, Any],
 ) -> None:
     results = {name: query(stack["url"], expr) for name, expr in panel_queries().items()}
@@ -336,7 +336,7 @@ def test_scraped_counters_equal_the_requests_sent(stack: dict[str, Any]) -> None
     assert [r["metric"]["status"] for r in kinds] == ["500"]
 
 
-def test_check_command_confirms_rules_alertmanager_targets_and_metrics(
+def test_check_command_confirms_rules_alertmanager_metrics_and_names_the_dead_target(
     stack: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = main(["check", "--prometheus-url", stack["url"], "--metrics-url", stack["demo"]])
