@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: demo test lint typecheck unit bench load clean
+.PHONY: demo test lint typecheck unit bench load assets clean
 
 # Reinstall whenever pyproject.toml changes; the stamp records what was installed.
 $(VENV)/.installed: pyproject.toml
@@ -45,6 +45,10 @@ bench: $(VENV)/.installed-bench
 
 load: $(VENV)/.installed
 	$(PY) -m examples.load --base-url http://$(HOST):$(PORT)
+
+# Re-export the packaged alert rules and dashboard into the compose stack's config/.
+assets: $(VENV)/.installed
+	$(VENV)/bin/amani-observability export-assets examples --force
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

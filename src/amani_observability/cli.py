@@ -1,0 +1,457 @@
+"""The `amani-observability` console command.
+
+    amani-observability export-assets DIR [--force] [--job NAME] [--memory-limit-bytes N]
+    amani-observability check [--env-file PATH] [--send-test-error] [--test-alert CHANNEL]
+                              [--metrics-url URL] [--prometheus-url URL]
+
+`check` walks the troubleshooting list of the monitoring guide for one service's
+settings, printing one line per finding: `ok`, `--` (not configured, nothing to test) or
+`FAIL`. It exits 1 when anything failed, 2 when the settings themselves are invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import SecretStr
+
+from ._version import __version__
+from .assets import DEFAULT_JOB, DEFAULT_MEMORY_LIMIT_BYTES, alert_names, export_assets
+from .exceptions import ConfigurationError
+from .settings import ObservabilitySettings
+
+TEST_EVENT_MESSAGE = "amani-observability check: test event"
+TEST_ALERT_MESSAGE = "amani-observability check: test alert"
+MASK = "****"
+# Where the OpenTelemetry exporters send when no endpoint is configured.
+OTLP_DEFAULT_ENDPOINTS = {"otlp": "http://localhost:4317", "otlp-http": "http://localhost:4318"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "export-assets":
+        return _export(args)
+    return _Check(args).run()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="amani-observability",
+        description="Ship the monitoring assets and check a service's observability setup.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    export = commands.add_parser(
+        "export-assets",
+        help="write config/alert_rules.yml and config/grafana_dashboard.json into DIR",
+    )
+    export.add_argument("directory", metavar="DIR", type=Path)
+    export.add_argument("--force", action="store_true", help="overwrite existing files")
+    export.add_argument(
+        "--job",
+        default=DEFAULT_JOB,
+        help=f"Prometheus job name of the service, for ApplicationDown (default {DEFAULT_JOB})",
+    )
+    export.add_argument(
+        "--memory-limit-bytes",
+        type=_positive_int,
+        default=DEFAULT_MEMORY_LIMIT_BYTES,
+        metavar="N",
+        help="memory limit HighMemoryUsage compares resident memory to "
+        f"(default {DEFAULT_MEMORY_LIMIT_BYTES} = 512 MiB)",
+    )
+
+    check = commands.add_parser(
+        "check", help="run the troubleshooting checks for the service's settings"
+    )
+    check.add_argument(
+        "--env-file",
+        type=Path,
+        default=None,
+        help="read settings from this file as well as the environment (default .env)",
+    )
+    check.add_argument(
+        "--send-test-error", action="store_true", help="send a real test event to SENTRY_DSN"
+    )
+    check.add_argument(
+        "--test-alert",
+        metavar="CHANNEL",
+        action="append",
+        default=[],
+        help="send a real test alert through CHANNEL (slack, pagerduty, webhook); repeatable",
+    )
+    check.add_argument(
+        "--metrics-url",
+        metavar="URL",
+        help="the service's base URL: check that its metrics endpoint answers",
+    )
+    check.add_argument(
+        "--prometheus-url",
+        metavar="URL",
+        help="check that this Prometheus loaded the alert rules, knows an Alertmanager "
+        "and scrapes its targets",
+    )
+    check.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long each connection or send may take (default 5)",
+    )
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
+
+
+def _write(line: str, *, error: bool = False) -> None:
+    stream = sys.stderr if error else sys.stdout
+    stream.write(line + "\n")
+    stream.flush()
+
+
+def _export(args: argparse.Namespace) -> int:
+    try:
+        paths = export_assets(
+            args.directory,
+            force=args.force,
+            job=args.job,
+            memory_limit_bytes=args.memory_limit_bytes,
+        )
+    except (FileExistsError, ValueError, OSError) as exc:
+        _write(f"amani-observability: {exc}", error=True)
+        return 1
+    for path in paths:
+        _write(f"wrote {path}")
+    return 0
+
+
+# --- check ------------------------------------------------------------------------------
+
+
+def mask(value: Any) -> str:
+    """How `check` prints a setting: secrets masked, URLs keeping only scheme and host."""
+    if value is None:
+        return "(unset)"
+    if isinstance(value, SecretStr):
+        secret = value.get_secret_value()
+        parts = urlsplit(secret)
+        if parts.scheme in ("http", "https") and parts.hostname:
+            # The host helps troubleshooting ("does the DSN point at the right Sentry?");
+            # credentials, paths and tokens stay hidden.
+            port = f":{parts.port}" if parts.port else ""
+            return f"{parts.scheme}://{MASK}@{parts.hostname}{port}/{MASK}"
+        return MASK
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(item) for item in value) or "(empty)"
+    return str(value)
+
+
+def _endpoint(url: str, default_port: int | None = None) -> tuple[str, int]:
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise ValueError(f"{url!r} has no host")
+    port = parts.port or default_port or (443 if parts.scheme == "https" else 80)
+    return parts.hostname, port
+
+
+def _tcp_error(host: str, port: int, timeout: float) -> str | None:
+    """None when host:port accepts a TCP connection, else why not."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__
+
+
+class _Check:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.failures = 0
+
+    def ok(self, text: str) -> None:
+        _write(f"ok    {text}")
+
+    def skip(self, text: str) -> None:
+        _write(f"--    {text}")
+
+    def fail(self, text: str) -> None:
+        self.failures += 1
+        _write(f"FAIL  {text}")
+
+    def run(self) -> int:
+        try:
+            if self.args.env_file is not None:
+                if not self.args.env_file.is_file():
+                    _write(f"FAIL  settings: {self.args.env_file} is not a file")
+                    return 2
+                settings = ObservabilitySettings(_env_file=self.args.env_file)
+            else:
+                settings = ObservabilitySettings()
+        except ConfigurationError as exc:
+            _write(f"FAIL  settings: {exc}")
+            return 2
+
+        _write("Effective configuration (secrets masked):")
+        for name in type(settings).model_fields:
+            _write(f"  {name.upper()} = {mask(getattr(settings, name))}")
+        _write("")
+
+        self.check_metrics(settings)
+        self.check_tracing(settings)
+        self.check_sentry(settings)
+        for channel in self.args.test_alert:
+            self.send_test_alert(settings, channel)
+        if self.args.prometheus_url:
+            self.check_prometheus(self.args.prometheus_url)
+
+        if self.failures:
+            _write(f"\n{self.failures} check(s) failed")
+            return 1
+        _write("\nall checks passed")
+        return 0
+
+    # Metrics not appearing: is the endpoint there and does it serve our metrics?
+    def check_metrics(self, settings: ObservabilitySettings) -> None:
+        if not settings.metrics_enabled:
+            self.skip("metrics: METRICS_ENABLED is false, nothing is served")
+            return
+        if not self.args.metrics_url:
+            self.skip(f"metrics: served at {settings.metrics_path} (pass --metrics-url to test)")
+            return
+        import httpx
+
+        url = self.args.metrics_url.rstrip("/") + settings.metrics_path
+        auth: Any = None
+        headers = {}
+        if settings.metrics_bearer_token is not None:
+            headers["Authorization"] = f"Bearer {settings.metrics_bearer_token.get_secret_value()}"
+        elif settings.metrics_username and settings.metrics_password is not None:
+            auth = (settings.metrics_username, settings.metrics_password.get_secret_value())
+        try:
+            response = httpx.get(url, headers=headers, auth=auth, timeout=self.args.timeout)
+        except httpx.HTTPError as exc:
+            self.fail(f"metrics: {url} did not answer ({type(exc).__name__}: {exc})")
+            return
+        if response.status_code != 200:
+            self.fail(f"metrics: {url} answered HTTP {response.status_code}, not 200")
+        elif "http_requests_total" not in response.text:
+            self.fail(f"metrics: {url} answered but has no http_requests_total")
+        else:
+            self.ok(f"metrics: {url} serves http_requests_total")
+
+    # Traces not showing in Jaeger: is tracing on, and does the collector listen?
+    def check_tracing(self, settings: ObservabilitySettings) -> None:
+        exporter = settings.tracing_exporter
+        if not settings.tracing_enabled:
+            self.skip("tracing: TRACING_ENABLED is false, no spans are exported")
+            if settings.otlp_endpoint is None:
+                return
+        elif exporter not in OTLP_DEFAULT_ENDPOINTS:
+            self.ok(f"tracing: enabled, exporter {exporter} needs no collector")
+            return
+        endpoint = settings.otlp_endpoint or OTLP_DEFAULT_ENDPOINTS.get(exporter, "")
+        host, port = _endpoint(endpoint, 4318 if exporter == "otlp-http" else 4317)
+        error = _tcp_error(host, port, self.args.timeout)
+        if error is None:
+            self.ok(f"tracing: OTLP endpoint {host}:{port} accepts connections")
+        else:
+            self.fail(f"tracing: OTLP endpoint {host}:{port} refuses connections ({error})")
+
+    # Sentry not receiving errors: is the DSN set, is its host reachable, does an event land?
+    def check_sentry(self, settings: ObservabilitySettings) -> None:
+        if settings.sentry_dsn is None:
+            if self.args.send_test_error:
+                self.fail("sentry: --send-test-error needs SENTRY_DSN, which is not set")
+            else:
+                self.skip("sentry: SENTRY_DSN is not set, errors are not reported")
+            return
+        dsn = settings.sentry_dsn.get_secret_value()
+        try:
+            host, port = _endpoint(dsn)
+        except ValueError:
+            self.fail("sentry: SENTRY_DSN is not a URL like https://KEY@HOST/PROJECT")
+            return
+        error = _tcp_error(host, port, self.args.timeout)
+        if error is not None:
+            self.fail(f"sentry: {host}:{port} refuses connections ({error})")
+            return
+        self.ok(f"sentry: {host}:{port} accepts connections")
+        if self.args.send_test_error:
+            self.send_test_error(settings, dsn)
+
+    def send_test_error(self, settings: ObservabilitySettings, dsn: str) -> None:
+        accepted, outcome = send_sentry_test_event(
+            dsn,
+            environment=settings.environment,
+            release=f"{settings.service_name}@{settings.service_version}",
+            server_name=settings.service_name,
+            timeout=self.args.timeout,
+        )
+        if accepted:
+            self.ok(f"sentry: test event {outcome}")
+        else:
+            self.fail(f"sentry: test event {outcome}")
+
+    # Alerts not firing: test with a manual alert and the notification channel's settings.
+    def send_test_alert(self, settings: ObservabilitySettings, channel: str) -> None:
+        try:
+            from . import alerts  # type: ignore[attr-defined, unused-ignore]
+        except ImportError as exc:
+            self.fail(
+                f"alert {channel}: amani_observability.alerts is not available in this "
+                f"installation ({exc})"
+            )
+            return
+        try:
+            results = asyncio.run(self._send_alert(alerts, settings, channel))
+        except ValueError as exc:
+            self.fail(f"alert {channel}: {exc}")
+            return
+        result = results.get(channel) if hasattr(results, "get") else None
+        if result is None:
+            self.fail(f"alert {channel}: the dispatcher returned no result for it")
+            return
+        outcome = getattr(result, "outcome", "unknown")
+        status = getattr(result, "status", None)
+        detail = f"outcome {outcome}" + (f", HTTP {status}" if status is not None else "")
+        if getattr(result, "ok", False):
+            self.ok(f"alert {channel}: test alert delivered ({detail})")
+        else:
+            error = getattr(result, "error", None)
+            reason = f": {error}" if error else ""
+            self.fail(f"alert {channel}: test alert not delivered ({detail}){reason}")
+
+    async def _send_alert(self, alerts: Any, settings: ObservabilitySettings, channel: str) -> Any:
+        dispatcher = alerts.AlertDispatcher(settings)
+        try:
+            return await dispatcher.send_alert(
+                TEST_ALERT_MESSAGE,
+                severity="info",
+                context={"service": settings.service_name, "environment": settings.environment},
+                channels=(channel,),
+            )
+        finally:
+            await dispatcher.aclose()
+
+    def check_prometheus(self, base_url: str) -> None:
+        import httpx
+
+        base = base_url.rstrip("/")
+        try:
+            rules = httpx.get(f"{base}/api/v1/rules", timeout=self.args.timeout).json()
+            managers = httpx.get(f"{base}/api/v1/alertmanagers", timeout=self.args.timeout).json()
+            targets = httpx.get(f"{base}/api/v1/targets", timeout=self.args.timeout).json()
+        except (httpx.HTTPError, ValueError) as exc:
+            self.fail(f"prometheus: {base} did not answer its HTTP API ({exc})")
+            return
+        loaded = {
+            rule.get("name")
+            for group in rules.get("data", {}).get("groups", [])
+            for rule in group.get("rules", [])
+            if rule.get("type") == "alerting"
+        }
+        expected = alert_names()
+        missing = [name for name in expected if name not in loaded]
+        if missing:
+            self.fail(f"prometheus: alert rules not loaded: {', '.join(missing)}")
+        else:
+            self.ok(f"prometheus: all {len(expected)} alert rules are loaded")
+        active = managers.get("data", {}).get("activeAlertmanagers", [])
+        if not active:
+            self.fail("prometheus: no Alertmanager configured, alerts go nowhere")
+        for manager in active:
+            url = manager.get("url", "")
+            try:
+                host, port = _endpoint(url)
+            except ValueError:
+                continue
+            error = _tcp_error(host, port, self.args.timeout)
+            if error is None:
+                self.ok(f"prometheus: Alertmanager {host}:{port} accepts connections")
+            else:
+                self.fail(f"prometheus: Alertmanager {host}:{port} refuses connections ({error})")
+        for target in targets.get("data", {}).get("activeTargets", []):
+            job = target.get("labels", {}).get("job", "?")
+            url = target.get("scrapeUrl", "?")
+            if target.get("health") == "up":
+                self.ok(f"prometheus: target {job} {url} is up")
+            elif target.get("health") == "down":
+                self.fail(f"prometheus: target {job} {url} is down ({target.get('lastError', '')})")
+
+
+def send_sentry_test_event(
+    dsn: str, *, environment: str, release: str, server_name: str, timeout: float
+) -> tuple[bool, str]:
+    """Send one test event with sentry-sdk's own HTTP transport; describe what happened.
+
+    A private client: the process's global Sentry client and scopes are left untouched.
+    """
+    import sentry_sdk
+    from sentry_sdk.transport import HttpTransport
+
+    answers: list[str] = []
+
+    class RecordingTransport(HttpTransport):
+        # sentry-sdk reports failures only through these hooks and its debug log.
+        def on_dropped_event(self, reason: str) -> None:
+            answers.append(f"dropped ({reason})")
+
+        def _handle_response(self, response: Any, envelope: Any) -> None:
+            if 200 <= response.status < 300:
+                answers.append(f"HTTP {response.status}")
+            super()._handle_response(response, envelope)
+
+    client = sentry_sdk.Client(
+        dsn,
+        transport=RecordingTransport,
+        default_integrations=False,
+        auto_enabling_integrations=False,
+        environment=environment,
+        release=release,
+        server_name=server_name,
+        send_client_reports=False,
+    )
+    event_id = uuid.uuid4().hex
+    client.capture_event(
+        {
+            "event_id": event_id,
+            "message": TEST_EVENT_MESSAGE,
+            "level": "error",
+            "logger": "amani_observability.cli",
+            "tags": {"amani_observability.check": "true"},
+        }
+    )
+    deadline = time.monotonic() + timeout
+    client.flush(timeout=timeout)
+    while not answers and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.close(timeout=1.0)
+    if not answers:
+        return False, f"{event_id} got no answer from Sentry within {timeout:g} s"
+    if answers[0].startswith("HTTP"):
+        return True, f"{event_id} accepted ({answers[0]})"
+    return False, f"{event_id} was not accepted: {answers[0]}"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""The packaged alert rules and Grafana dashboard, checked by promtool where it matters."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from amani_observability.assets import (
+    ALERT_RULES_FILE,
+    DEFAULT_MEMORY_LIMIT_BYTES,
+    GRAFANA_DASHBOARD_FILE,
+    alert_names,
+    alert_rules,
+    export_assets,
+    grafana_dashboard,
+)
+from tests.conftest import require_binary
+from tests.support import ROOT
+
+ASSETS = ROOT / "src" / "amani_observability" / "assets"
+PROMTOOL_TESTS = ROOT / "tests" / "promtool" / "alert_rules_test.yml"
+
+GUIDE_ALERTS = [
+    "HighErrorRate",
+    "HighResponseTime",
+    "DatabaseConnectionIssues",
+    "HighMemoryUsage",
+    "HighCPUUsage",
+    "DiskSpaceLow",
+    "ApplicationDown",
+    "SlowDatabaseQueries",
+]
+GUIDE_PANELS = [
+    "Request Rate",
+    "Response Time (95th percentile)",
+    "Error Rate",
+    "Active Database Connections",
+    "Request Status Distribution",
+    "Requests In Progress",
+    "Database Query Duration (95th percentile)",
+    "Business Metrics",
+    "Error Types",
+]
+# Everything the rules and panels may query: the library's catalogue, prometheus_client's
+# process collector, Prometheus' own `up`, and node_exporter's filesystem metrics.
+LIBRARY_METRICS = {
+    "http_requests_total",
+    "http_request_duration_seconds_bucket",
+    "http_requests_in_progress",
+    "db_connections_active",
+    "db_query_duration_seconds_bucket",
+    "db_query_duration_seconds_count",
+    "escrow_transactions_total",
+    "user_registrations_total",
+    "kyc_submissions_total",
+    "errors_total",
+    "process_resident_memory_bytes",
+    "process_cpu_seconds_total",
+}
+NODE_EXPORTER_METRICS = {
+    "node_filesystem_avail_bytes",
+    "node_filesystem_size_bytes",
+    "node_filesystem_readonly",
+}
+
+
+def rules() -> list[dict[str, Any]]:
+    document = yaml.safe_load(alert_rules())
+    return [rule for group in document["groups"] for rule in group["rules"]]
+
+
+def dashboard() -> dict[str, Any]:
+    return json.loads(grafana_dashboard())  # type: ignore[no-any-return]
+
+
+def metric_names(expr: str) -> set[str]:
+    """Identifiers in a PromQL expression that are series, not functions or keywords."""
+    without_strings = re.sub(r'"[^"]*"', '""', expr)
+    without_labels = re.sub(r"\{[^}]*\}|\[[^\]]*\]", "", without_strings)
+    without_grouping = re.sub(r"\b(by|on|ignoring|without)\s*\([^)]*\)", "", without_labels)
+    names = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", without_grouping))
+    names -= {"sum", "rate", "increase", "histogram_quantile", "and", "unless", "or"}
+    return names - {"offset"}
+
+
+def test_assets_are_read_from_the_package_files() -> None:
+    assert alert_rules() == (ASSETS / ALERT_RULES_FILE).read_text()
+    assert grafana_dashboard() == (ASSETS / GRAFANA_DASHBOARD_FILE).read_text()
+
+
+def test_rules_hold_the_guides_eight_alerts_with_for_severity_and_annotations() -> None:
+    found = rules()
+    assert [rule["alert"] for rule in found] == GUIDE_ALERTS
+    assert alert_names() == GUIDE_ALERTS
+    for rule in found:
+        name = rule["alert"]
+        assert re.fullmatch(r"\d+m", rule["for"]), name
+        assert rule["labels"]["severity"] in {"critical", "warning"}, name
+        assert set(rule["annotations"]) == {"summary", "description", "runbook_url"}, name
+        assert rule["annotations"]["runbook_url"] == (
+            f"docs/runbooks/monitoring_runbook.md#{name.lower()}"
+        )
+    severities = {rule["alert"]: rule["labels"]["severity"] for rule in found}
+    assert [name for name, level in severities.items() if level == "critical"] == [
+        "HighErrorRate",
+        "DatabaseConnectionIssues",
+        "ApplicationDown",
+    ]
+
+
+def test_rules_query_only_metrics_the_library_or_node_exporter_exports() -> None:
+    by_alert = {rule["alert"]: metric_names(rule["expr"]) for rule in rules()}
+    assert by_alert["DiskSpaceLow"] == NODE_EXPORTER_METRICS
+    assert by_alert["ApplicationDown"] == {"up"}
+    for name, used in by_alert.items():
+        if name not in ("DiskSpaceLow", "ApplicationDown"):
+            assert used <= LIBRARY_METRICS, (name, used - LIBRARY_METRICS)
+
+
+def test_promtool_check_rules_accepts_the_packaged_rules() -> None:
+    promtool = require_binary("promtool")
+    result = subprocess.run(
+        [promtool, "check", "rules", str(ASSETS / ALERT_RULES_FILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 8 rules found" in result.stdout
+
+
+def test_promtool_unit_tests_fire_each_alert_on_bad_series_only() -> None:
+    promtool = require_binary("promtool")
+    result = subprocess.run(
+        [promtool, "test", "rules", str(PROMTOOL_TESTS)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_promtool_unit_tests_cover_firing_and_silence_for_every_alert() -> None:
+    """Each alert has one case where it fires for exactly the bad series, one where it is silent."""
+    document = yaml.safe_load(PROMTOOL_TESTS.read_text())
+    firing: dict[str, int] = {}
+    silent: dict[str, int] = {}
+    for group in document["tests"]:
+        for case in group["alert_rule_test"]:
+            bucket = firing if case["exp_alerts"] else silent
+            bucket[case["alertname"]] = bucket.get(case["alertname"], 0) + 1
+            if case["exp_alerts"]:
+                assert len(case["exp_alerts"]) == 1, case
+    assert sorted(firing) == sorted(GUIDE_ALERTS)
+    assert sorted(silent) == sorted(GUIDE_ALERTS)
+
+
+def test_alert_rules_rewrite_job_and_memory_limit_and_stay_valid(tmp_path: Path) -> None:
+    text = alert_rules(job="payments-api", memory_limit_bytes=2_147_483_648)
+    by_alert = {rule["alert"]: rule for rule in yaml.safe_load(text)["groups"][0]["rules"]}
+    assert by_alert["ApplicationDown"]["expr"].strip() == 'up{job="payments-api"} == 0'
+    assert by_alert["HighMemoryUsage"]["expr"].strip() == (
+        "process_resident_memory_bytes / 2147483648 > 0.9"
+    )
+    assert (
+        "2147483648-byte memory limit" in by_alert["HighMemoryUsage"]["annotations"]["description"]
+    )
+    assert str(DEFAULT_MEMORY_LIMIT_BYTES) not in text
+    assert "amani-backend" not in text
+
+    promtool = require_binary("promtool")
+    path = tmp_path / "rules.yml"
+    path.write_text(text)
+    result = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"job": 'x"} or vector(1) #'}, ValueError),
+        ({"job": ""}, ValueError),
+        ({"memory_limit_bytes": 0}, ValueError),
+        ({"memory_limit_bytes": 1.5}, TypeError),
+    ],
+)
+def test_alert_rules_refuse_values_that_would_break_the_rules(
+    options: dict[str, Any], error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        alert_rules(**options)
+
+
+def test_dashboard_has_the_guides_nine_panels_on_a_datasource_variable() -> None:
+    board = dashboard()
+    assert board["schemaVersion"] >= 39
+    assert board["uid"] == "amani-observability"
+    assert [panel["title"] for panel in board["panels"]] == GUIDE_PANELS
+    assert len({panel["id"] for panel in board["panels"]}) == 9
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert (variables["datasource"]["type"], variables["datasource"]["query"]) == (
+        "datasource",
+        "prometheus",
+    )
+    assert variables["job"]["allValue"] == ".+"
+    expected_source = {"type": "prometheus", "uid": "${datasource}"}
+    assert variables["job"]["datasource"] == expected_source
+    for panel in board["panels"]:
+        assert panel["datasource"] == expected_source, panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == expected_source, panel["title"]
+            assert 'job=~"$job"' in target["expr"], panel["title"]
+            assert metric_names(target["expr"]) <= LIBRARY_METRICS, panel["title"]
+    pie = board["panels"][GUIDE_PANELS.index("Request Status Distribution")]
+    assert pie["type"] == "piechart"
+    business = board["panels"][GUIDE_PANELS.index("Business Metrics")]
+    assert [metric_names(t["expr"]) for t in business["targets"]] == [
+        {"escrow_transactions_total"},
+        {"user_registrations_total"},
+        {"kyc_submissions_total"},
+    ]
+
+
+def test_dashboard_panels_do_not_overlap() -> None:
+    cells: set[tuple[int, int]] = set()
+    for panel in dashboard()["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        area = {
+            (x, y)
+            for x in range(grid["x"], grid["x"] + grid["w"])
+            for y in range(grid["y"], grid["y"] + grid["h"])
+        }
+        assert not cells & area, panel["title"]
+        cells |= area
+
+
+def test_export_assets_writes_both_files_into_config(tmp_path: Path) -> None:
+    written = export_assets(tmp_path)
+    assert written == [
+        tmp_path / "config" / ALERT_RULES_FILE,
+        tmp_path / "config" / GRAFANA_DASHBOARD_FILE,
+    ]
+    assert written[0].read_text() == alert_rules()
+    assert written[1].read_text() == grafana_dashboard()
+
+
+def test_export_assets_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / GRAFANA_DASHBOARD_FILE).write_text("mine")
+    with pytest.raises(
+        FileExistsError, match=r"grafana_dashboard\.json already exists; pass --force"
+    ):
+        export_assets(tmp_path)
+    # Neither file was written: the refusal leaves no half-updated pair.
+    assert sorted(p.name for p in config.iterdir()) == [GRAFANA_DASHBOARD_FILE]
+    assert (config / GRAFANA_DASHBOARD_FILE).read_text() == "mine"
+
+    export_assets(tmp_path, force=True)
+    assert (config / GRAFANA_DASHBOARD_FILE).read_text() == grafana_dashboard()
+    assert (config / ALERT_RULES_FILE).read_text() == alert_rules()
+
+
+@pytest.mark.integration
+def test_the_built_wheel_carries_the_assets_and_reads_them_from_the_zip(tmp_path: Path) -> None:
+    """hatchling packs the YAML and JSON files, and importlib.resources finds them in a zip."""
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr
+    [wheel] = tmp_path.glob("amani_observability-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    assert {
+        "amani_observability/assets/__init__.py",
+        "amani_observability/assets/alert_rules.yml",
+        "amani_observability/assets/grafana_dashboard.json",
+        "amani_observability/cli.py",
+    } <= names
+    # The wheel first on the path: the package and its assets are imported from the zip.
+    probe = (
+        "import amani_observability.assets as a; "
+        "print(a.__file__); print(len(a.alert_names()), len(a.grafana_dashboard()))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(wheel)},
+    )
+    assert result.returncode == 0, result.stderr
+    where, sizes = result.stdout.splitlines()
+    assert where.startswith(str(wheel))
+    assert sizes == f"8 {len(grafana_dashboard())}"
