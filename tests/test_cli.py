@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import socket
 import subprocess
@@ -396,20 +395,6 @@ def test_check_metrics_url_sends_the_configured_credentials(
     assert "scrape-" not in "\n".join(lines)
 
 
-ALERTS_AVAILABLE = importlib.util.find_spec("amani_observability.alerts") is not None
-
-
-@pytest.mark.skipif(ALERTS_AVAILABLE, reason="amani_observability.alerts is installed")
-def test_test_alert_reports_a_missing_alerts_module(capsys: pytest.CaptureFixture[str]) -> None:
-    code, lines = run(capsys, "check", "--test-alert", "slack")
-    assert code == 1
-    [line] = [line for line in lines if line.startswith("FAIL")]
-    assert line.startswith(
-        "FAIL  alert slack: amani_observability.alerts is not available in this installation ("
-    )
-
-
-@pytest.mark.skipif(not ALERTS_AVAILABLE, reason="amani_observability.alerts is not installed")
 def test_test_alert_sends_a_real_alert_to_the_webhook(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -422,7 +407,6 @@ def test_test_alert_sends_a_real_alert_to_the_webhook(
     assert (method, path) == ("POST", "/hook")
 
 
-@pytest.mark.skipif(not ALERTS_AVAILABLE, reason="amani_observability.alerts is not installed")
 def test_test_alert_fails_when_the_channel_rejects_it(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

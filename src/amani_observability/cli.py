@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
@@ -28,6 +28,9 @@ from ._version import __version__
 from .assets import DEFAULT_JOB, DEFAULT_MEMORY_LIMIT_BYTES, alert_names, export_assets
 from .exceptions import ConfigurationError
 from .settings import ObservabilitySettings
+
+if TYPE_CHECKING:
+    from .alerts import AlertResult
 
 TEST_EVENT_MESSAGE = "amani-observability check: test event"
 TEST_ALERT_MESSAGE = "amani-observability check: test alert"
@@ -314,44 +317,37 @@ class _Check:
 
     # Alerts not firing: test with a manual alert and the notification channel's settings.
     def send_test_alert(self, settings: ObservabilitySettings, channel: str) -> None:
+        from .alerts import AlertDispatcher
+
+        async def send() -> AlertResult:
+            dispatcher = AlertDispatcher(settings)
+            try:
+                results = await dispatcher.send_alert(
+                    TEST_ALERT_MESSAGE,
+                    severity="info",
+                    context={
+                        "service": settings.service_name,
+                        "environment": settings.environment,
+                    },
+                    channels=(channel,),
+                )
+            finally:
+                await dispatcher.aclose()
+            return results[channel]
+
         try:
-            from . import alerts  # type: ignore[attr-defined, unused-ignore]
-        except ImportError as exc:
-            self.fail(
-                f"alert {channel}: amani_observability.alerts is not available in this "
-                f"installation ({exc})"
-            )
-            return
-        try:
-            results = asyncio.run(self._send_alert(alerts, settings, channel))
-        except ValueError as exc:
+            result = asyncio.run(send())
+        except ValueError as exc:  # an unknown channel: the message names the choices
             self.fail(f"alert {channel}: {exc}")
             return
-        result = results.get(channel) if hasattr(results, "get") else None
-        if result is None:
-            self.fail(f"alert {channel}: the dispatcher returned no result for it")
-            return
-        outcome = getattr(result, "outcome", "unknown")
-        status = getattr(result, "status", None)
-        detail = f"outcome {outcome}" + (f", HTTP {status}" if status is not None else "")
-        if getattr(result, "ok", False):
+        detail = f"outcome {result.outcome}" + (
+            f", HTTP {result.status}" if result.status is not None else ""
+        )
+        if result.ok:
             self.ok(f"alert {channel}: test alert delivered ({detail})")
         else:
-            error = getattr(result, "error", None)
-            reason = f": {error}" if error else ""
+            reason = f": {result.error}" if result.error else ""
             self.fail(f"alert {channel}: test alert not delivered ({detail}){reason}")
-
-    async def _send_alert(self, alerts: Any, settings: ObservabilitySettings, channel: str) -> Any:
-        dispatcher = alerts.AlertDispatcher(settings)
-        try:
-            return await dispatcher.send_alert(
-                TEST_ALERT_MESSAGE,
-                severity="info",
-                context={"service": settings.service_name, "environment": settings.environment},
-                channels=(channel,),
-            )
-        finally:
-            await dispatcher.aclose()
 
     def check_prometheus(self, base_url: str) -> None:
         import httpx
