@@ -283,6 +283,42 @@ async def test_an_unknown_method_is_other_with_the_original_kept(
     ) == ("_OTHER", "PURGE")
 
 
+async def test_a_custom_sampler_sees_the_request_attributes_at_span_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+
+    seen: list[dict[str, Any]] = []
+
+    class Recording(Sampler):
+        def should_sample(
+            self, parent_context: Any, trace_id: int, name: str, *args: Any, **kwargs: Any
+        ) -> SamplingResult:
+            attributes = kwargs.get("attributes", args[1] if len(args) > 1 else None)
+            seen.append(dict(attributes or {}))
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
+
+        def get_description(self) -> str:
+            return "recording"
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(sampler=Recording())
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    monkeypatch.setattr(tracing, "_injected_provider", provider)
+    app = fastapi_app()
+    transport = httpx.ASGITransport(app=app)
+    async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        await c.get("/items/5")
+    assert seen[0]["http.request.method"] == "GET"
+    assert seen[0]["url.path"] == "/items/5"
+    span = only_span(memory)
+    assert span.attributes is not None
+    assert (span.attributes["url.path"], span.attributes["http.route"]) == (
+        "/items/5",
+        "/items/{item_id}",
+    )
+
+
 async def test_sensitive_query_values_are_redacted(
     exporter: InMemorySpanExporter, client: httpx.AsyncClient
 ) -> None:

@@ -217,6 +217,7 @@ class _Tracing:
         self.settings = settings
         self.tracer: Tracer | None = None  # None until start-up: requests pass through
         self.fields: frozenset[bytes] = frozenset()
+        self.early_attributes = True
         self.provider: TracerProvider | None = None
         self.owned = False
         self.guard: _ExportGuard | None = None
@@ -232,6 +233,7 @@ class _Tracing:
         # and baggage by default), so requests without them skip extraction.
         fields = propagate.get_global_textmap().fields
         self.fields = frozenset(name.lower().encode("latin-1") for name in fields)
+        self.early_attributes = not _ignores_attributes(getattr(provider, "sampler", None))
         self.tracer = provider.get_tracer(TRACER_NAME, __version__)
         _active.provider = provider
         _correlation.set_trace_ids_getter(_current_trace_ids)
@@ -301,7 +303,14 @@ class TracingMiddleware:
 
         try:
             name, attributes, parent = _start_attributes(scope, self.tracing.fields)
-            span = tracer.start_span(name, parent, _SERVER, attributes)
+            if self.tracing.early_attributes:
+                span = tracer.start_span(name, parent, _SERVER, attributes)
+                attributes = {}
+            else:
+                # The sampler ignores attributes: hand them over once, at the end, with
+                # the rest (the SDK validates start attributes twice, for the sampler
+                # and for the span, the largest part of a span's cost).
+                span = tracer.start_span(name, parent, _SERVER)
             token = otel_context.attach(trace.set_span_in_context(span, parent))
         except Exception:  # observability must never break the request
             logger.exception("could not start the request's span")
@@ -339,7 +348,9 @@ class TracingMiddleware:
         finally:
             try:
                 if span.is_recording():
-                    _end_attributes(span, name, scope, entry_root_path, status_code, error_type)
+                    _end_attributes(
+                        span, name, attributes, scope, entry_root_path, status_code, error_type
+                    )
                 span.end(end_time)
             except Exception:  # never replace the app's own exception with ours
                 logger.exception("could not end the request's span")
@@ -410,12 +421,13 @@ def _start_attributes(
 def _end_attributes(
     span: Any,
     name: str,
+    attributes: dict[str, Any],
     scope: Scope,
     entry_root_path: str,
     status_code: int,
     error_type: str | None,
 ) -> None:
-    attributes: dict[str, Any] = {}
+    """Add what the response told us (route, status, error) and set it all at once."""
     route = route_template(scope, entry_root_path)
     if route is not None:
         span.update_name(f"{name} {route}")
@@ -430,6 +442,26 @@ def _end_attributes(
         attributes["error.type"] = error_type
         span.set_status(_ERROR)
     span.set_attributes(attributes)
+
+
+def _ignores_attributes(sampler: object) -> bool:
+    """Whether the sampler decides without looking at span attributes (the SDK's own)."""
+    from opentelemetry.sdk.trace import sampling
+
+    if isinstance(sampler, sampling.ParentBased):
+        delegates = (
+            getattr(sampler, name, None)
+            for name in (
+                "_root",
+                "_remote_parent_sampled",
+                "_remote_parent_not_sampled",
+                "_local_parent_sampled",
+                "_local_parent_not_sampled",
+            )
+        )
+        return all(_ignores_attributes(delegate) for delegate in delegates)
+    # Exact types: a subclass may well look at the attributes.
+    return type(sampler) in (sampling.StaticSampler, sampling.TraceIdRatioBased)
 
 
 _server_cache: dict[tuple[bytes | None, str], tuple[str | None, int | None]] = {}
