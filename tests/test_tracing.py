@@ -504,6 +504,28 @@ async def test_fastapi_native_telemetry_adds_no_second_server_span() -> None:
     ]
 
 
+async def test_a_request_fastapi_already_traced_gets_no_second_server_span() -> None:
+    """The lifespan driven directly: FastAPI traces the first request, ours the rest."""
+    app = fastapi_app(tracing_exporter="none")
+    memory = InMemorySpanExporter()
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app):
+        provider = trace.get_tracer_provider()
+        assert isinstance(provider, TracerProvider)
+        provider.add_span_processor(SimpleSpanProcessor(memory))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            await c.get("/items/1")
+            await c.get("/items/2")
+    servers = [s for s in memory.get_finished_spans() if s.kind is SpanKind.SERVER]
+    assert [
+        (
+            s.instrumentation_scope and s.instrumentation_scope.name,
+            s.attributes and s.attributes["url.path"],
+        )
+        for s in servers
+    ] == [("fastapi", "/items/1"), ("amani_observability", "/items/2")]
+
+
 async def test_a_mounted_fastapi_app_opens_no_span_of_its_own() -> None:
     memory = InMemorySpanExporter()
     provider = TracerProvider()

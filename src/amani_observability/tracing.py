@@ -295,9 +295,16 @@ class TracingMiddleware:
             return
         app = scope.get("app")
         if app is not self._quieted:
-            # Apps served without a lifespan: quiet FastAPI's own span from now on.
+            # The lifespan did not pass through us (instrument() on a running app, or a
+            # test driving app.router.lifespan_context): quiet FastAPI's span from now on.
             _quiet_fastapi_tracing(app)
             self._quieted = app
+            native = scope.get("fastapi.telemetry")
+            if native is not None and getattr(native, "span", None) is not None:
+                # FastAPI opened this request's server span before we could stop it:
+                # one server span per request, so this once it is FastAPI's.
+                await self.app(scope, receive, send)
+                return
         # A FastAPI app mounted below us checks this key and then opens no span of its own.
         scope.setdefault("fastapi.telemetry", None)
 
@@ -690,6 +697,7 @@ def _resolve(future: asyncio.Future[None]) -> None:
 class _ExportState(threading.local):
     exporting = False
     reason: str | None = None
+    reason_level = 0
 
 
 _export_state = _ExportState()
@@ -704,7 +712,11 @@ class _ExporterLogFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if _export_state.exporting and record.levelno >= logging.WARNING:
-            _export_state.reason = record.getMessage()
+            # Keep the first of the most severe messages: the first retry note names the
+            # gRPC status and cause; "aborting retry" at shutdown says nothing.
+            if record.levelno > _export_state.reason_level:
+                _export_state.reason = record.getMessage()
+                _export_state.reason_level = record.levelno
             return False
         return True
 
@@ -753,6 +765,7 @@ class _ExportGuard(SpanExporter):
             self._failed(len(spans), "tracing shut down before the collector answered")
             return SpanExportResult.FAILURE
         _export_state.exporting, _export_state.reason = True, None
+        _export_state.reason_level = 0
         reason: str | None = None
         try:
             result = self.exporter.export(spans)
