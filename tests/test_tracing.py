@@ -9,17 +9,14 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from concurrent import futures
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import grpc
 import httpx
 import pytest
 from fastapi import FastAPI, HTTPException
 from opentelemetry import baggage, trace
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
@@ -37,7 +34,6 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from amani_observability import (
-    ConfigurationError,
     ObservabilitySettings,
     _correlation,
     instrument,
@@ -52,7 +48,7 @@ from amani_observability.tracing import (
     get_tracer,
 )
 from tests.conftest import free_port, lifespan
-from tests.support import http_scope
+from tests.support import OTLPReceiver, http_scope, otlp_value
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_SPAN_ID = "b7ad6b7169203331"
@@ -698,52 +694,20 @@ def test_tracing_disabled_imports_nothing_and_adds_no_layer() -> None:
     assert result.stdout.strip() == "False", result.stderr
 
 
-def test_malformed_otlp_headers_are_a_configuration_error() -> None:
-    with pytest.raises(ConfigurationError) as error:
-        ObservabilitySettings(otlp_headers="dd-api-key")
-    assert str(error.value) == (
-        "invalid observability settings: OTLP_HEADERS: must be key=value pairs separated by "
-        "commas, e.g. x-honeycomb-team=YOUR_KEY (pair 1 is not)"
-    )
-
-
 # --- export: real OTLP receiver, failure isolation ------------------------------------------
 
 
-class _Receiver(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self) -> None:
-        self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
-        self.metadata: list[dict[str, str]] = []
-
-    def Export(self, request: Any, context: Any) -> Any:
-        self.requests.append(request)
-        self.metadata.append({k: v for k, v in context.invocation_metadata()})
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-
 @pytest.fixture
-def otlp_receiver() -> Iterator[tuple[_Receiver, int]]:
-    """A real OTLP/gRPC trace receiver on a loopback port."""
-    receiver = _Receiver()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield receiver, port
-    finally:
-        server.stop(grace=None).wait(5)
+def otlp_receiver() -> Iterator[OTLPReceiver]:
+    with OTLPReceiver() as receiver:
+        yield receiver
 
 
-def _value(any_value: Any) -> Any:
-    return getattr(any_value, any_value.WhichOneof("value"))
-
-
-async def test_spans_reach_a_real_otlp_grpc_receiver(otlp_receiver: tuple[_Receiver, int]) -> None:
-    receiver, port = otlp_receiver
+async def test_spans_reach_a_real_otlp_grpc_receiver(otlp_receiver: OTLPReceiver) -> None:
+    receiver = otlp_receiver
     app = fastapi_app(
         tracing_exporter="otlp",
-        otlp_endpoint=f"http://127.0.0.1:{port}",
+        otlp_endpoint=receiver.endpoint,
         otlp_headers="x-team=blue%20team,Authorization=Bearer%20abc",
         service_name="escrow",
     )
@@ -752,18 +716,18 @@ async def test_spans_reach_a_real_otlp_grpc_receiver(otlp_receiver: tuple[_Recei
         await c.get("/items/9", headers={"traceparent": TRACEPARENT})
         await c.get("/nowhere")
     # Shutdown flushed the batch processor: everything has arrived.
-    resource_spans = [rs for request in receiver.requests for rs in request.resource_spans]
-    resource = {a.key: _value(a.value) for a in resource_spans[0].resource.attributes}
+    resource_spans = receiver.resource_spans()
+    resource = {a.key: otlp_value(a.value) for a in resource_spans[0].resource.attributes}
     assert (resource["service.name"], resource["deployment.environment.name"]) == (
         "escrow",
         "development",
     )
-    spans = [s for rs in resource_spans for ss in rs.scope_spans for s in ss.spans]
+    spans = receiver.spans()
     assert [s.name for s in spans] == ["GET /items/{item_id}", "GET"]
     first = spans[0]
     assert (first.trace_id.hex(), first.parent_span_id.hex()) == (TRACE_ID, PARENT_SPAN_ID)
     assert first.kind == 2  # SPAN_KIND_SERVER
-    attributes = {a.key: _value(a.value) for a in first.attributes}
+    attributes = {a.key: otlp_value(a.value) for a in first.attributes}
     assert (attributes["http.route"], attributes["http.response.status_code"]) == (
         "/items/{item_id}",
         200,
