@@ -737,6 +737,63 @@ async def test_spans_reach_a_real_otlp_grpc_receiver(otlp_receiver: OTLPReceiver
     assert receiver.metadata[0]["authorization"] == "Bearer abc"
 
 
+async def test_spans_reach_a_real_otlp_http_receiver() -> None:
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+    received: list[tuple[str, dict[str, str], bytes]] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        app = fastapi_app(
+            tracing_exporter="otlp-http",
+            otlp_endpoint=f"http://127.0.0.1:{server.server_address[1]}",  # no path
+            otlp_headers="dd-api-key=k%2B1",
+        )
+        transport = httpx.ASGITransport(app=app)
+        async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            await c.get("/items/4")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(received) == 1
+    path, headers, body = received[0]
+    assert (path, headers["dd-api-key"], headers["content-type"]) == (
+        "/v1/traces",
+        "k+1",
+        "application/x-protobuf",
+    )
+    request = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
+    spans = [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+    assert [s.name for s in spans] == ["GET /items/{item_id}"]
+
+
+def test_the_console_exporter_writes_spans_as_json() -> None:
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+    provider, guard = tracing.build_provider(settings(tracing_exporter="console"))
+    assert guard is not None
+    assert isinstance(guard.exporter, ConsoleSpanExporter)
+    assert guard.target == "the console"
+    guard.exporter.out = output = io.StringIO()  # standard output by default
+    with provider.get_tracer("probe").start_as_current_span("printed"):
+        pass
+    provider.shutdown()
+    assert json.loads(output.getvalue())["name"] == "printed"
+
+
 async def test_a_dead_collector_costs_the_requests_nothing(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -299,12 +299,12 @@ class TracingMiddleware:
             # test driving app.router.lifespan_context): quiet FastAPI's span from now on.
             _quiet_fastapi_tracing(app)
             self._quieted = app
-            native = scope.get("fastapi.telemetry")
-            if native is not None and getattr(native, "span", None) is not None:
-                # FastAPI opened this request's server span before we could stop it:
-                # one server span per request, so this once it is FastAPI's.
-                await self.app(scope, receive, send)
-                return
+        native = scope.get("fastapi.telemetry")
+        if native is not None and getattr(native, "span", None) is not None:
+            # FastAPI opened this request's server span before we could stop it (see
+            # above): one server span per request, so for this one it is FastAPI's.
+            await self.app(scope, receive, send)
+            return
         # A FastAPI app mounted below us checks this key and then opens no span of its own.
         scope.setdefault("fastapi.telemetry", None)
 
