@@ -20,8 +20,6 @@ from opentelemetry import baggage, trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
-    SpanExporter,
-    SpanExportResult,
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
@@ -39,14 +37,13 @@ from amani_observability import (
     instrument,
     tracing,
 )
-from amani_observability.logs import configure_logging
-from amani_observability.tracing import (
+from amani_observability._tracing_export import (
     EXPORT_FAILED,
-    REQUEST_ID_ATTRIBUTE,
-    _ExportGuard,
-    add_span_attributes,
-    get_tracer,
+    SHUTDOWN_ABANDON_WAIT,
+    SHUTDOWN_FLUSH_WAIT,
 )
+from amani_observability.logs import configure_logging
+from amani_observability.tracing import REQUEST_ID_ATTRIBUTE, add_span_attributes, get_tracer
 from tests.conftest import free_port, lifespan
 from tests.support import OTLPReceiver, http_scope, otlp_value
 
@@ -571,6 +568,25 @@ async def test_custom_spans_are_children_with_cleaned_attributes_and_logs_correl
     )
 
 
+async def test_inner_layers_see_the_server_spans_ids_through_the_seam(
+    exporter: InMemorySpanExporter,
+) -> None:
+    """What the metrics layer (innermost) reads for exemplars is the request's span."""
+    seen: list[tuple[str, str] | None] = []
+
+    async def endpoint(request: Request) -> PlainTextResponse:
+        seen.append(_correlation.current_trace_ids())
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/pay", endpoint)])
+    instrument(app, settings())
+    transport = httpx.ASGITransport(app=app)
+    async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        await c.get("/pay", headers={"traceparent": TRACEPARENT})
+    span = only_span(exporter)
+    assert seen == [(TRACE_ID, format(span.context.span_id, "016x"))]
+
+
 def test_add_span_attributes_outside_a_span_does_nothing() -> None:
     add_span_attributes(anything="at all")  # no span, no error
     assert trace.get_current_span().is_recording() is False
@@ -821,50 +837,7 @@ async def test_a_dead_collector_costs_the_requests_nothing(
     # The exporter spent the whole time retrying against the closed port: had a request
     # waited for it even once, it would have taken about a second.
     assert max(durations) < 0.5, max(durations)
-    assert shutdown_took < tracing.SHUTDOWN_FLUSH_WAIT + tracing.SHUTDOWN_ABANDON_WAIT + 1
+    assert shutdown_took < SHUTDOWN_FLUSH_WAIT + SHUTDOWN_ABANDON_WAIT + 1
     failures = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert [(r.name, r.msg) for r in failures] == [("amani_observability.tracing", EXPORT_FAILED)]
     assert time.monotonic() - started > 3  # several export rounds failed meanwhile
-
-
-class _FailingExporter(SpanExporter):
-    def __init__(self, outcomes: list[Any]) -> None:
-        self.outcomes = outcomes
-
-    def export(self, spans: Any) -> SpanExportResult:
-        outcome = self.outcomes.pop(0)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome  # type: ignore[no-any-return]
-
-
-def test_the_export_guard_reports_failures_once_per_interval(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    now = [1000.0]
-    failing = _FailingExporter(
-        [
-            ConnectionError("refused"),
-            SpanExportResult.FAILURE,
-            SpanExportResult.FAILURE,
-            SpanExportResult.FAILURE,
-            SpanExportResult.SUCCESS,
-        ]
-    )
-    guard = _ExportGuard(failing, "http://collector:4317", interval=60, clock=lambda: now[0])
-    caplog.set_level(logging.INFO, logger="amani_observability.tracing")
-    assert guard.export([None] * 3) is SpanExportResult.FAILURE  # type: ignore[list-item]
-    now[0] += 10
-    assert guard.export([None] * 4) is SpanExportResult.FAILURE  # type: ignore[list-item]
-    now[0] += 10
-    assert guard.export([None] * 5) is SpanExportResult.FAILURE  # type: ignore[list-item]
-    now[0] += 60
-    assert guard.export([None] * 1) is SpanExportResult.FAILURE  # type: ignore[list-item]
-    assert guard.export([None] * 1) is SpanExportResult.SUCCESS  # type: ignore[list-item]
-    assert caplog.messages == [
-        "Span export to http://collector:4317 is failing (ConnectionError: refused): "
-        "3 spans dropped; next report in 60 s",
-        "Span export to http://collector:4317 is failing (the exporter failed): "
-        "10 spans dropped; next report in 60 s",
-        "Span export to http://collector:4317 works again",
-    ]

@@ -19,12 +19,8 @@ Server spans follow the stable HTTP semantic conventions: named `{method} {route
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import importlib
 import logging
-import threading
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from time import time_ns
@@ -33,8 +29,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, TracerProvider
 
 from . import _correlation
@@ -50,6 +45,7 @@ from ._asgi import (
     route_template,
 )
 from ._correlation import TraceIds
+from ._tracing_export import ExportGuard, quiet_exporter_logs, shut_down
 from ._version import __version__
 from .request_id import current_request_id
 from .settings import parse_otlp_headers
@@ -70,15 +66,6 @@ DEFAULT_ENDPOINTS = {
 }
 # Seconds one OTLP export may take, retries included (the exporter gives up after it).
 EXPORT_TIMEOUT = 10.0
-# At most one export-failure warning per this many seconds, however many spans fail.
-EXPORT_FAILURE_LOG_INTERVAL = 60.0
-# Seconds the shutdown hook waits for the last spans to be exported, and then for the
-# exporter to give up; together below _instrument.SHUTDOWN_TIMEOUT.
-SHUTDOWN_FLUSH_WAIT = 3.0
-SHUTDOWN_ABANDON_WAIT = 1.0
-
-EXPORT_FAILED = "Span export to %s is failing (%s): %d spans dropped; next report in %.0f s"
-EXPORT_RECOVERED = "Span export to %s works again"
 USING_EXISTING_PROVIDER = (
     "Tracing uses the TracerProvider the service set itself; TRACING_EXPORTER, OTLP_* and "
     "TRACING_SAMPLE_RATE do not apply to it"
@@ -99,16 +86,6 @@ _LIBRARY_INSTRUMENTORS = (
     ("opentelemetry.instrumentation.httpx", "HTTPXClientInstrumentor"),
     ("opentelemetry.instrumentation.sqlalchemy", "SQLAlchemyInstrumentor"),
 )
-# Loggers the OTLP exporters report each failed batch and retry on; while our guard is
-# exporting, their records are folded into our once-per-interval warning.
-_EXPORTER_LOGGERS = (
-    "opentelemetry.exporter.otlp.proto.grpc.exporter",
-    "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
-    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
-    "opentelemetry.exporter.otlp.proto.http._common",
-    "opentelemetry.exporter.otlp.common.http",
-)
-
 # Internal hook for tests and benchmarks: when set, start-up uses this provider and leaves
 # OpenTelemetry's set-once global provider alone. Never shut down by us.
 _injected_provider: TracerProvider | None = None
@@ -220,14 +197,14 @@ class _Tracing:
         self.early_attributes = True
         self.provider: TracerProvider | None = None
         self.owned = False
-        self.guard: _ExportGuard | None = None
+        self.guard: ExportGuard | None = None
         self.instrumentors: list[Any] = []
 
     def start(self) -> None:
         provider, owned, guard = _provider_for(self.settings)
         self.provider, self.owned, self.guard = provider, owned, guard
         if guard is not None:
-            _quiet_exporter_logs(True)
+            quiet_exporter_logs(True)
         self.instrumentors = _instrument_libraries(provider)
         # The header names the configured propagators read (W3C traceparent, tracestate
         # and baggage by default), so requests without them skip extraction.
@@ -252,11 +229,11 @@ class _Tracing:
             _active.provider = None
         try:
             if provider is not None and self.owned:
-                await _shut_down(provider, self.guard)
+                await shut_down(provider, self.guard)
                 _retired.append(provider)
         finally:
             if self.guard is not None:
-                _quiet_exporter_logs(False)
+                quiet_exporter_logs(False)
             self.guard = None
 
 
@@ -350,7 +327,7 @@ class TracingMiddleware:
         except Exception as exc:
             if span.is_recording() and not _normal_close(exc):
                 error_type = _type_name(type(exc))
-                span.record_exception(exc, escaped=True)
+                span.record_exception(exc)
             raise
         finally:
             try:
@@ -540,7 +517,7 @@ def _quiet_fastapi_tracing(app: object) -> None:
 
 def _provider_for(
     settings: ObservabilitySettings,
-) -> tuple[TracerProvider, bool, _ExportGuard | None]:
+) -> tuple[TracerProvider, bool, ExportGuard | None]:
     """(provider, whether we own it, our export guard) for this process."""
     if _injected_provider is not None:
         return _injected_provider, False, None
@@ -557,7 +534,7 @@ def _provider_for(
     return provider, True, guard
 
 
-def build_provider(settings: ObservabilitySettings) -> tuple[TracerProvider, _ExportGuard | None]:
+def build_provider(settings: ObservabilitySettings) -> tuple[TracerProvider, ExportGuard | None]:
     """An SDK TracerProvider from settings: resource, parent-based ratio sampler, batching."""
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
@@ -583,7 +560,7 @@ def build_provider(settings: ObservabilitySettings) -> tuple[TracerProvider, _Ex
     exporter, target = _exporter(settings)
     if exporter is None:
         return provider, None
-    guard = _ExportGuard(exporter, target)
+    guard = ExportGuard(exporter, target)
     provider.add_span_processor(BatchSpanProcessor(guard))
     return provider, guard
 
@@ -651,158 +628,3 @@ def _instrument_libraries(provider: TracerProvider) -> list[Any]:
         if instrumentor.is_instrumented_by_opentelemetry:
             switched_on.append(instrumentor)
     return switched_on
-
-
-async def _shut_down(provider: TracerProvider, guard: _ExportGuard | None) -> None:
-    """Flush and shut the provider down, waiting a bounded time whatever the collector does."""
-    shutdown = getattr(provider, "shutdown", None)
-    if shutdown is None:
-        return
-    loop = asyncio.get_running_loop()
-    finished = loop.create_future()
-
-    def run() -> None:
-        try:
-            shutdown()
-        except Exception:
-            logger.exception("the tracer provider failed to shut down")
-        finally:
-            # RuntimeError: the loop closed while we waited, so nobody is listening.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_resolve, finished)
-
-    # A daemon thread, not the default executor: a wedged exporter must not hold up exit.
-    threading.Thread(target=run, name="amani-tracing-shutdown", daemon=True).start()
-    try:
-        await asyncio.wait_for(asyncio.shield(finished), SHUTDOWN_FLUSH_WAIT)
-        return
-    except asyncio.TimeoutError:
-        pass
-    if guard is not None:
-        guard.abandon()  # stops the exporter's retries; the remaining spans are dropped
-    try:
-        await asyncio.wait_for(asyncio.shield(finished), SHUTDOWN_ABANDON_WAIT)
-    except asyncio.TimeoutError:
-        logger.warning("tracing shutdown gave up waiting for the exporter")
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-# --- failure isolation --------------------------------------------------------------------
-
-
-class _ExportState(threading.local):
-    exporting = False
-    reason: str | None = None
-    reason_level = 0
-
-
-_export_state = _ExportState()
-
-
-class _ExporterLogFilter(logging.Filter):
-    """Swallow the OTLP exporters' own per-batch warnings while our guard exports.
-
-    Thread-local, so only records produced inside our exporter's export() are touched;
-    their text becomes the reason in our rate-limited warning.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if _export_state.exporting and record.levelno >= logging.WARNING:
-            # Keep the first of the most severe messages: the first retry note names the
-            # gRPC status and cause; "aborting retry" at shutdown says nothing.
-            if record.levelno > _export_state.reason_level:
-                _export_state.reason = record.getMessage()
-                _export_state.reason_level = record.levelno
-            return False
-        return True
-
-
-_exporter_log_filter = _ExporterLogFilter()
-_quiet_users = 0
-
-
-def _quiet_exporter_logs(on: bool) -> None:
-    global _quiet_users
-    _quiet_users += 1 if on else -1
-    for name in _EXPORTER_LOGGERS:
-        exporter_logger = logging.getLogger(name)
-        if _quiet_users > 0:
-            if _exporter_log_filter not in exporter_logger.filters:
-                exporter_logger.addFilter(_exporter_log_filter)
-        else:
-            exporter_logger.removeFilter(_exporter_log_filter)
-
-
-class _ExportGuard(SpanExporter):
-    """Wraps the real exporter: nothing it raises escapes, and failures are logged at most
-    once per interval however many spans or batches fail."""
-
-    def __init__(
-        self,
-        exporter: SpanExporter,
-        target: str,
-        *,
-        interval: float = EXPORT_FAILURE_LOG_INTERVAL,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.exporter = exporter
-        self.target = target
-        self.interval = interval
-        self.clock = clock
-        self.dropped = 0
-        self.failing = False
-        self.last_report: float | None = None
-        self.abandoned = False
-        self.closed = False
-        self._lock = threading.Lock()
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        if self.abandoned:
-            self._failed(len(spans), "tracing shut down before the collector answered")
-            return SpanExportResult.FAILURE
-        _export_state.exporting, _export_state.reason = True, None
-        _export_state.reason_level = 0
-        reason: str | None = None
-        try:
-            result = self.exporter.export(spans)
-        except Exception as exc:
-            result, reason = SpanExportResult.FAILURE, f"{type(exc).__name__}: {exc}"
-        finally:
-            _export_state.exporting = False
-        if result is SpanExportResult.SUCCESS:
-            if self.failing:
-                self.failing = False
-                logger.info(EXPORT_RECOVERED, self.target)
-        else:
-            self._failed(len(spans), reason or _export_state.reason or "the exporter failed")
-        return result
-
-    def _failed(self, count: int, reason: str) -> None:
-        with self._lock:
-            self.failing = True
-            self.dropped += count
-            now = self.clock()
-            if self.last_report is not None and now - self.last_report < self.interval:
-                return
-            dropped, self.dropped, self.last_report = self.dropped, 0, now
-        logger.warning(EXPORT_FAILED, self.target, reason, dropped, self.interval)
-
-    def abandon(self) -> None:
-        self.abandoned = True
-        self.shutdown()
-
-    def shutdown(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            self.exporter.shutdown()
-        except Exception:
-            logger.debug("the span exporter failed to shut down", exc_info=True)
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.exporter.force_flush(timeout_millis)
