@@ -419,6 +419,51 @@ async def test_httpx_instrumentation_is_switched_off_at_shutdown(
     assert HTTPXClientInstrumentor().is_instrumented_by_opentelemetry is False
 
 
+async def test_sqlalchemy_instrumentation_is_switched_on_or_skipped_with_one_info_line(
+    exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    from opentelemetry.instrumentation.dependencies import get_dependency_conflicts
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    instrumentor = SQLAlchemyInstrumentor()
+    conflict = get_dependency_conflicts(instrumentor.instrumentation_dependencies())
+    app = fastapi_app()
+    caplog.set_level(logging.INFO)
+    async with lifespan(app):
+        switched_on = instrumentor.is_instrumented_by_opentelemetry
+    assert instrumentor.is_instrumented_by_opentelemetry is False  # off again after shutdown
+    if conflict is None:
+        assert switched_on is True
+    else:  # e.g. SQLAlchemy 2.1 with instrumentation 0.66b2
+        assert switched_on is False
+        assert f"Not switching on SQLAlchemyInstrumentor: {conflict}" in caplog.messages
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_concurrent_requests_keep_their_own_spans(exporter: InMemorySpanExporter) -> None:
+    app = fastapi_app()
+    transport = httpx.ASGITransport(app=app)
+    trace_ids = [f"{index + 1:032x}" for index in range(40)]
+    async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        responses = await asyncio.wait_for(
+            asyncio.gather(
+                *(
+                    c.get(
+                        f"/items/{index}", headers={"traceparent": f"00-{tid}-{PARENT_SPAN_ID}-01"}
+                    )
+                    for index, tid in enumerate(trace_ids)
+                )
+            ),
+            30,
+        )
+    assert [r.status_code for r in responses] == [200] * 40
+    paths = {
+        format(s.context.trace_id, "032x"): (s.attributes or {})["url.path"]
+        for s in exporter.get_finished_spans()
+    }
+    assert paths == {tid: f"/items/{index}" for index, tid in enumerate(trace_ids)}
+
+
 # --- excluded paths, websockets, one span only -----------------------------------------------
 
 
