@@ -484,6 +484,17 @@ async def test_excluded_paths_come_from_settings(exporter: InMemorySpanExporter)
     assert [s.name for s in exporter.get_finished_spans()] == ["GET /health"]
 
 
+async def test_the_default_exclusion_follows_the_metrics_path(
+    exporter: InMemorySpanExporter,
+) -> None:
+    app = fastapi_app(metrics_path="/internal/metrics")
+    transport = httpx.ASGITransport(app=app)
+    async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        await c.get("/internal/metrics")
+        await c.get("/metrics")  # an ordinary (unmatched) path now
+    assert [(s.attributes or {})["url.path"] for s in exporter.get_finished_spans()] == ["/metrics"]
+
+
 async def test_a_websocket_connection_is_one_span(exporter: InMemorySpanExporter) -> None:
     async def echo(websocket: WebSocket) -> None:
         await websocket.accept()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from time import time_ns
@@ -244,8 +245,16 @@ def tracing_layer(
     tracing = _Tracing(settings)
     lifecycle.on_startup(tracing.start)
     lifecycle.on_shutdown(tracing.stop)
-    excluded = compile_paths(settings.tracing_excluded_paths)
+    excluded = compile_paths(_excluded_paths(settings))
     return lambda inner: TracingMiddleware(inner, tracing=tracing, excluded=excluded)
+
+
+def _excluded_paths(settings: ObservabilitySettings) -> list[str]:
+    """TRACING_EXCLUDED_PATHS; left unset, the metrics endpoint (wherever METRICS_PATH puts
+    it) and /health."""
+    if "tracing_excluded_paths" in settings.model_fields_set:
+        return list(settings.tracing_excluded_paths)
+    return [re.escape(settings.metrics_path), "/health"]
 
 
 class TracingMiddleware:
