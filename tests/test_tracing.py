@@ -24,7 +24,6 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
-from opentelemetry.util._once import Once
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -53,24 +52,6 @@ TRACEPARENT = f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01"
 
 # Module level, before any provider exists: the guide's usage.
 custom_tracer = get_tracer(__name__)
-
-
-def _reset_otel_globals() -> None:
-    # OpenTelemetry lets the global provider be set once per process; its own test
-    # utilities reset these two module attributes the same way.
-    trace._TRACER_PROVIDER_SET_ONCE = Once()
-    trace._TRACER_PROVIDER = None
-
-
-@pytest.fixture(autouse=True)
-def clean_tracing_state() -> Iterator[None]:
-    """No test sees another's global provider, correlation getter or retired providers."""
-    _reset_otel_globals()
-    yield
-    _reset_otel_globals()
-    _correlation.set_trace_ids_getter(None)
-    tracing._active.provider = None
-    tracing._retired.clear()
 
 
 @pytest.fixture
