@@ -55,6 +55,8 @@ if TYPE_CHECKING:
     from ._instrument import Lifecycle
     from .settings import ObservabilitySettings
 
+__all__ = ["REQUEST_ID_ATTRIBUTE", "TracingMiddleware", "add_span_attributes", "get_tracer"]
+
 logger = logging.getLogger("amani_observability.tracing")
 
 # Our span attribute for the request ID. Not a semantic-convention name: there is none.
@@ -510,9 +512,9 @@ def _normal_close(exc: BaseException) -> bool:
 def _quiet_fastapi_tracing(app: object) -> None:
     """Switch off FastAPI's native request span for an app we trace ourselves.
 
-    FastAPI 0.120+ opens its own SERVER span (and operation spans under it) as soon as a
-    global TracerProvider exists, outside our middleware: every request would get two
-    server spans and pay twice. This is the documented `FastAPI(telemetry={"tracing":
+    FastAPI (0.165 here) opens its own SERVER span (and operation spans under it) as soon
+    as a global TracerProvider exists, outside our middleware: every request would get
+    two server spans and pay twice. This is the documented `FastAPI(telemetry={"tracing":
     False})` setting, applied to an app that was built without it.
     """
     config = getattr(app, "_telemetry", None)
