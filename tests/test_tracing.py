@@ -513,6 +513,36 @@ async def test_a_websocket_connection_is_one_span(exporter: InMemorySpanExporter
     assert span.status.status_code is StatusCode.UNSET
 
 
+async def test_a_websocket_client_leaving_normally_is_not_an_error(
+    exporter: InMemorySpanExporter,
+) -> None:
+    from starlette.websockets import WebSocketDisconnect
+
+    async def chat(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.receive_text()  # the client leaves instead: WebSocketDisconnect
+
+    app = Starlette(routes=[WebSocketRoute("/chat", chat)])
+    instrument(app, settings())
+    incoming = [{"type": "websocket.connect"}, {"type": "websocket.disconnect", "code": 1001}]
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    scope = http_scope("/chat", type="websocket", scheme="ws", subprotocols=[])
+    del scope["method"]
+    async with lifespan(app):
+        with pytest.raises(WebSocketDisconnect):
+            await app(scope, receive, send)
+    span = only_span(exporter)
+    assert span.status.status_code is StatusCode.UNSET
+    assert "error.type" not in (span.attributes or {})
+    assert list(span.events) == []
+
+
 async def test_fastapi_native_telemetry_adds_no_second_server_span() -> None:
     """With a global provider set by the service, FastAPI's own span stays off."""
     memory = InMemorySpanExporter()
@@ -570,10 +600,11 @@ async def test_a_mounted_fastapi_app_opens_no_span_of_its_own() -> None:
 
     app = FastAPI()
     app.mount("/v2", sub)
-    instrument(app, settings())
+    instrument(app, settings(tracing_excluded_paths="/v2/users/0"))
     transport = httpx.ASGITransport(app=app)
     async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
         assert (await c.get("/v2/users/5")).json() == {"user_id": 5}
+        assert (await c.get("/v2/users/0")).json() == {"user_id": 0}  # excluded: no span
     assert [s.name for s in memory.get_finished_spans()] == ["GET /v2/users/{user_id}"]
 
 

@@ -278,7 +278,7 @@ class TracingMiddleware:
             await self.app(scope, receive, send)
             return
         tracer = self.tracing.tracer
-        if tracer is None or self.excluded(scope["path"]):
+        if tracer is None:
             await self.app(scope, receive, send)
             return
         app = scope.get("app")
@@ -293,8 +293,12 @@ class TracingMiddleware:
             # above): one server span per request, so for this one it is FastAPI's.
             await self.app(scope, receive, send)
             return
-        # A FastAPI app mounted below us checks this key and then opens no span of its own.
+        # A FastAPI app mounted below us checks this key and then opens no span of its own
+        # (excluded paths included).
         scope.setdefault("fastapi.telemetry", None)
+        if self.excluded(scope["path"]):
+            await self.app(scope, receive, send)
+            return
 
         try:
             name, attributes, parent = _start_attributes(scope, self.tracing.fields)
