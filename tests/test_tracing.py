@@ -36,11 +36,7 @@ from amani_observability import (
     instrument,
     tracing,
 )
-from amani_observability._tracing_export import (
-    EXPORT_FAILED,
-    SHUTDOWN_ABANDON_WAIT,
-    SHUTDOWN_FLUSH_WAIT,
-)
+from amani_observability._tracing_export import EXPORT_FAILED, SHUTDOWN_ABANDON_WAIT
 from amani_observability.logs import configure_logging
 from amani_observability.tracing import REQUEST_ID_ATTRIBUTE, add_span_attributes, get_tracer
 from tests.conftest import free_port, lifespan
@@ -883,15 +879,16 @@ async def test_a_dead_collector_costs_the_requests_nothing(
 ) -> None:
     """Requests succeed quickly, nothing raises, and failures are logged once per interval."""
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")  # export (and fail) often
-    monkeypatch.setattr(tracing, "EXPORT_TIMEOUT", 1.0)
+    # Each failing export retries (1 s, then 2 s) for about 3 s on the batch thread.
+    monkeypatch.setattr(tracing, "EXPORT_TIMEOUT", 5.0)
     app = fastapi_app(tracing_exporter="otlp", otlp_endpoint=f"http://127.0.0.1:{free_port()}")
     transport = httpx.ASGITransport(app=app)
     durations: list[float] = []
     caplog.set_level(logging.WARNING)
-    started = time.monotonic()
     async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-        deadline = time.monotonic() + 3.5
-        for index in range(400):  # bounded in count and in time
+        # Three seconds of requests while the exporter retries (1 s, 2 s) on its thread.
+        deadline = time.monotonic() + 3.0
+        for index in range(2000):  # bounded in count and in time
             if time.monotonic() > deadline:
                 break
             began = time.perf_counter()
@@ -903,9 +900,9 @@ async def test_a_dead_collector_costs_the_requests_nothing(
     shutdown_took = time.monotonic() - stopping
     assert len(durations) >= 50
     # The exporter spent the whole time retrying against the closed port: had a request
-    # waited for it even once, it would have taken about a second.
-    assert max(durations) < 0.5, max(durations)
-    assert shutdown_took < SHUTDOWN_FLUSH_WAIT + SHUTDOWN_ABANDON_WAIT + 1
+    # waited for it even once, it would have taken a second at least.
+    assert max(durations) < 0.8, max(durations)
+    # The collector was known to be down: shutdown gave up on it at once.
+    assert shutdown_took < SHUTDOWN_ABANDON_WAIT, shutdown_took
     failures = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert [(r.name, r.msg) for r in failures] == [("amani_observability.tracing", EXPORT_FAILED)]
-    assert time.monotonic() - started > 3  # several export rounds failed meanwhile

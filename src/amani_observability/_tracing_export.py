@@ -63,11 +63,13 @@ async def shut_down(provider: TracerProvider, guard: ExportGuard | None) -> None
 
     # A daemon thread, not the default executor: a wedged exporter must not hold up exit.
     threading.Thread(target=run, name="amani-tracing-shutdown", daemon=True).start()
-    try:
-        await asyncio.wait_for(asyncio.shield(finished), SHUTDOWN_FLUSH_WAIT)
+    deadline = loop.time() + SHUTDOWN_FLUSH_WAIT
+    while not finished.done() and loop.time() < deadline:
+        if guard is not None and (guard.failing or guard.struggling):
+            break  # the collector is down: waiting would only hold the shutdown up
+        await asyncio.wait([finished], timeout=0.05)
+    if finished.done():
         return
-    except asyncio.TimeoutError:
-        pass
     if guard is not None:
         guard.abandon()  # stops the exporter's retries; the remaining spans are dropped
     try:
@@ -85,7 +87,7 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 class _ExportState(threading.local):
-    exporting = False
+    guard: ExportGuard | None = None  # the guard exporting on this thread, if any
     reason: str | None = None
     reason_level = 0
 
@@ -101,7 +103,11 @@ class _ExporterLogFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if _export_state.exporting and record.levelno >= logging.WARNING:
+        guard = _export_state.guard
+        if guard is not None and record.levelno >= logging.WARNING:
+            # The exporter is complaining mid-export (typically: retrying against a
+            # collector that refuses): shutdown need not wait for it.
+            guard.struggling = True
             # Keep the first of the most severe messages: the first retry note names the
             # gRPC status and cause; "aborting retry" at shutdown says nothing.
             if record.levelno > _export_state.reason_level:
@@ -144,7 +150,8 @@ class ExportGuard(SpanExporter):
         self.interval = interval
         self.clock = clock
         self.dropped = 0
-        self.failing = False
+        self.failing = False  # the last export failed
+        self.struggling = False  # the export under way has hit errors and is retrying
         self.last_report: float | None = None
         self.abandoned = False
         self.closed = False
@@ -154,7 +161,7 @@ class ExportGuard(SpanExporter):
         if self.abandoned:
             self._failed(len(spans), "tracing shut down before the collector answered")
             return SpanExportResult.FAILURE
-        _export_state.exporting, _export_state.reason = True, None
+        _export_state.guard, _export_state.reason = self, None
         _export_state.reason_level = 0
         reason: str | None = None
         try:
@@ -162,7 +169,8 @@ class ExportGuard(SpanExporter):
         except Exception as exc:
             result, reason = SpanExportResult.FAILURE, f"{type(exc).__name__}: {exc}"
         finally:
-            _export_state.exporting = False
+            _export_state.guard = None
+            self.struggling = False
         if result is SpanExportResult.SUCCESS:
             if self.failing:
                 self.failing = False
