@@ -79,6 +79,31 @@ def _reset_metrics() -> None:
     metrics.db_connections_active.set(0)
 
 
+@pytest.fixture(autouse=True)
+def reset_tracing() -> Iterator[None]:
+    """No test sees another's global tracer provider, trace-ID getter or tracing state."""
+    _reset_tracing()
+    yield
+    _reset_tracing()
+
+
+def _reset_tracing() -> None:
+    from opentelemetry import trace
+    from opentelemetry.util._once import Once
+
+    from amani_observability import _correlation
+
+    # OpenTelemetry lets the global provider be set once per process; its own test
+    # utilities reset these two module attributes the same way.
+    trace._TRACER_PROVIDER_SET_ONCE = Once()
+    trace._TRACER_PROVIDER = None
+    _correlation.set_trace_ids_getter(None)
+    tracing = sys.modules.get("amani_observability.tracing")
+    if tracing is not None:
+        tracing._active.provider = None
+        tracing._retired.clear()
+
+
 @asynccontextmanager
 async def lifespan(app: Any) -> AsyncIterator[None]:
     """Run an ASGI app's lifespan start-up and shutdown around a block."""

@@ -152,3 +152,49 @@ class UvicornProcess:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+class OTLPReceiver:
+    """A real OTLP/gRPC trace receiver (TraceService from opentelemetry-proto) on a
+    loopback port, keeping every export request and its metadata."""
+
+    def __init__(self) -> None:
+        from concurrent import futures
+
+        import grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+        self.requests: list[Any] = []
+        self.metadata: list[dict[str, str]] = []
+        receiver = self
+
+        class Service(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request: Any, context: Any) -> Any:
+                from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+                receiver.requests.append(request)
+                receiver.metadata.append(dict(context.invocation_metadata()))
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> OTLPReceiver:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop(grace=None).wait(5)
+
+    def resource_spans(self) -> list[Any]:
+        return [rs for request in self.requests for rs in request.resource_spans]
+
+    def spans(self) -> list[Any]:
+        return [s for rs in self.resource_spans() for ss in rs.scope_spans for s in ss.spans]
+
+
+def otlp_value(any_value: Any) -> Any:
+    """The Python value inside an OTLP AnyValue."""
+    return getattr(any_value, any_value.WhichOneof("value"))

@@ -163,3 +163,38 @@ def test_several_bad_values_are_reported_together(monkeypatch: pytest.MonkeyPatc
 
 def test_configuration_error_is_a_value_error() -> None:
     assert issubclass(ConfigurationError, ValueError)
+
+
+# --- OTLP_HEADERS (issue 4) ------------------------------------------------------------------
+
+
+def test_otlp_headers_are_url_decoded_pairs_with_lower_case_keys() -> None:
+    from amani_observability.settings import parse_otlp_headers
+
+    assert parse_otlp_headers("dd-api-key=abc123") == {"dd-api-key": "abc123"}
+    assert parse_otlp_headers(" X-Honeycomb-Team = k%3Dv%2Cw , Authorization=Bearer%20t0k=n,") == {
+        "x-honeycomb-team": "k=v,w",
+        "authorization": "Bearer t0k=n",
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("dd-api-key", "must be key=value pairs separated by commas, e.g. "
+         "x-honeycomb-team=YOUR_KEY (pair 1 is not)"),
+        ("a=1,=2", "must be key=value pairs separated by commas, e.g. "
+         "x-honeycomb-team=YOUR_KEY (pair 2 is not)"),
+        ("bad key=1", "must be key=value pairs separated by commas, e.g. "
+         "x-honeycomb-team=YOUR_KEY (pair 1 is not)"),
+        ("dd-api-key=", "pair 1 has an empty value"),
+        ("x=a%0D%0Ab", "pair 1 has a line break or NUL in its value"),
+    ],
+)  # fmt: skip
+def test_malformed_otlp_headers_are_refused_without_repeating_them(
+    value: str, problem: str
+) -> None:
+    with pytest.raises(ConfigurationError) as error:
+        ObservabilitySettings(otlp_headers=value)
+    assert str(error.value) == f"invalid observability settings: OTLP_HEADERS: {problem}"
+    assert value not in str(error.value)

@@ -139,6 +139,10 @@ def _build_layers(settings: ObservabilitySettings, lifecycle: Lifecycle) -> list
         )
 
     # tracing: see tracing.py
+    if settings.tracing_enabled:
+        from .tracing import tracing_layer
+
+        layers.append(tracing_layer(settings, lifecycle))
 
     access_log = (
         AccessLog(excluded_paths=settings.access_log_excluded_paths)

@@ -11,6 +11,7 @@ import itertools
 import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote
 
 from pydantic import (
     Field,
@@ -234,6 +235,13 @@ class ObservabilitySettings(BaseSettings):
             codes.update(range(low, high + 1))
         return frozenset(codes)
 
+    @field_validator("otlp_headers")
+    @classmethod
+    def _otlp_headers(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_otlp_headers(value.get_secret_value())
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: Any) -> Any:
@@ -268,6 +276,35 @@ class ObservabilitySettings(BaseSettings):
         if value is not None and not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http:// or https:// URL")
         return value
+
+
+_HEADER_KEY = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]{1,128}").fullmatch
+
+
+def parse_otlp_headers(text: str) -> dict[str, str]:
+    """`key=value,key2=value2` (keys and values may be URL-encoded) as a dict.
+
+    Keys are lower-cased, as gRPC metadata requires. Errors name the pair's position,
+    never its text: the values are credentials.
+    """
+    headers: dict[str, str] = {}
+    for position, item in enumerate(text.split(","), start=1):
+        if not item.strip():
+            continue  # tolerate "a=b," and "a=b,,c=d"
+        key, separator, value = item.partition("=")
+        key = unquote(key.strip()).lower()
+        value = unquote(value.strip())
+        if not separator or not _HEADER_KEY(key):
+            raise ValueError(
+                "must be key=value pairs separated by commas, e.g. "
+                f"x-honeycomb-team=YOUR_KEY (pair {position} is not)"
+            )
+        if not value:
+            raise ValueError(f"pair {position} has an empty value")
+        if any(c in value for c in "\r\n\0"):
+            raise ValueError(f"pair {position} has a line break or NUL in its value")
+        headers[key] = value
+    return headers
 
 
 def _describe(exc: ValidationError) -> str:

@@ -1,0 +1,645 @@
+"""OpenTelemetry tracing: the provider, one SERVER span per request, and the helpers.
+
+    from amani_observability.tracing import add_span_attributes, get_tracer
+
+    tracer = get_tracer(__name__)
+    with tracer.start_as_current_span("process_transaction"):
+        add_span_attributes(transaction_id=tx_id, amount=amount)
+
+`instrument()` adds `TracingMiddleware` when `TRACING_ENABLED` is true (when it is false
+this module is not even imported). The provider is built at lifespan start-up, once per
+worker process (fork-based servers: opentelemetry-python #1567), and flushed and shut
+down at lifespan shutdown with a bounded wait. A TracerProvider the service set itself
+is used as it is, never replaced.
+
+Server spans follow the stable HTTP semantic conventions: named `{method} {route}` (or
+`{method}` when no route matched, never the raw path), with no extra send/receive spans
+(opentelemetry-python-contrib #635, #831). The request ID is the `request.id` attribute.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from time import time_ns
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, TracerProvider
+
+from . import _correlation
+from ._asgi import (
+    KNOWN_METHODS,
+    OTHER_METHOD,
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    compile_paths,
+    route_template,
+)
+from ._correlation import TraceIds
+from ._tracing_export import ExportGuard, quiet_exporter_logs, shut_down
+from ._version import __version__
+from .request_id import current_request_id
+from .settings import parse_otlp_headers
+
+if TYPE_CHECKING:
+    from ._instrument import Lifecycle
+    from .settings import ObservabilitySettings
+
+__all__ = ["REQUEST_ID_ATTRIBUTE", "TracingMiddleware", "add_span_attributes", "get_tracer"]
+
+logger = logging.getLogger("amani_observability.tracing")
+
+# Our span attribute for the request ID. Not a semantic-convention name: there is none.
+REQUEST_ID_ATTRIBUTE = "request.id"
+TRACER_NAME = "amani_observability"
+
+DEFAULT_ENDPOINTS = {
+    "otlp": "http://localhost:4317",
+    "otlp-http": "http://localhost:4318/v1/traces",
+}
+# Seconds one OTLP export may take, retries included (the exporter gives up after it).
+EXPORT_TIMEOUT = 10.0
+USING_EXISTING_PROVIDER = (
+    "Tracing uses the TracerProvider the service set itself; TRACING_EXPORTER, OTLP_* and "
+    "TRACING_SAMPLE_RATE do not apply to it"
+)
+INSTRUMENTATION_FAILED = "Could not switch on %s; carrying on without it"
+INSTRUMENTATION_UNSUPPORTED = "Not switching on %s: %s"
+
+# Query parameters whose values the semantic conventions ask to redact.
+_SENSITIVE_QUERY_KEYS = frozenset(
+    {"X-Amz-Signature", "X-Amz-Credential", "X-Amz-Security-Token", "sig", "X-Goog-Signature"}
+)
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+_ERROR = Status(StatusCode.ERROR)
+_SERVER = SpanKind.SERVER
+
+# The instrumentations instrument() switches on when they are installed.
+_LIBRARY_INSTRUMENTORS = (
+    ("opentelemetry.instrumentation.httpx", "HTTPXClientInstrumentor"),
+    ("opentelemetry.instrumentation.sqlalchemy", "SQLAlchemyInstrumentor"),
+)
+# Internal hook for tests and benchmarks: when set, start-up uses this provider and leaves
+# OpenTelemetry's set-once global provider alone. Never shut down by us.
+_injected_provider: TracerProvider | None = None
+
+# Providers we created, registered globally and have since shut down: OpenTelemetry
+# cannot replace a global provider, so a second start-up in the same process (tests,
+# an embedded server restarted) builds a fresh one instead of reusing a dead one.
+_retired: list[TracerProvider] = []
+
+
+class _Active:
+    """The tracing that start-up set up in this process, for get_tracer() and correlation."""
+
+    provider: TracerProvider | None = None
+
+
+_active = _Active()
+
+
+# --- helpers for application code ----------------------------------------------------------
+
+
+def get_tracer(name: str, version: str | None = None) -> Tracer:
+    """A tracer for custom spans, usable at import time, before start-up.
+
+    It follows the provider tracing started with (the service's own, or ours), so
+    `tracer = get_tracer(__name__)` at module level works even though the provider only
+    exists after lifespan start-up.
+    """
+    return _LazyTracer(name, version)
+
+
+class _LazyTracer(Tracer):
+    """Resolves to the active provider's tracer on each use (cached per provider)."""
+
+    def __init__(self, name: str, version: str | None) -> None:
+        self._name = name
+        self._version = version
+        self._provider: TracerProvider | None = None
+        self._tracer: Tracer | None = None
+
+    def _real(self) -> Tracer:
+        provider = _active.provider or trace.get_tracer_provider()
+        if provider is not self._provider or self._tracer is None:
+            self._tracer = provider.get_tracer(self._name, self._version)
+            self._provider = provider
+        return self._tracer
+
+    def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
+        return self._real().start_span(*args, **kwargs)
+
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
+        # The real tracer's context manager works both with `with` and as a decorator.
+        return self._real().start_as_current_span(*args, **kwargs)
+
+
+_PLAIN_TYPES = (str, bool, int, float)
+
+
+def add_span_attributes(**attributes: Any) -> None:
+    """Set attributes on the current span; a no-op outside a (recording) span.
+
+    `None` values are skipped; values OpenTelemetry cannot carry (Decimal, UUID,
+    datetime, dicts, mixed lists) are stored as their `str()`.
+    """
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    clean: dict[str, Any] = {}
+    for key, value in attributes.items():
+        if value is None:
+            continue
+        clean[key] = value if _is_attribute_value(value) else str(value)
+    if clean:
+        span.set_attributes(clean)
+
+
+def _is_attribute_value(value: object) -> bool:
+    if type(value) in _PLAIN_TYPES:
+        return True
+    if isinstance(value, (list, tuple)) and value:
+        first = type(value[0])
+        return first in _PLAIN_TYPES and all(type(item) is first for item in value)
+    return False
+
+
+def _current_trace_ids() -> TraceIds | None:
+    """The correlation getter: IDs of the current span, only when it is sampled and valid."""
+    context = trace.get_current_span().get_span_context()
+    if context.trace_flags.sampled and context.is_valid:
+        return format(context.trace_id, "032x"), format(context.span_id, "016x")
+    return None
+
+
+# --- the middleware ---------------------------------------------------------------------------
+
+
+class _Tracing:
+    """What one instrument() call's start-up built; read by its middleware instances.
+
+    Kept apart from the middleware because Starlette may rebuild the middleware stack
+    (and so our middleware) after start-up.
+    """
+
+    def __init__(self, settings: ObservabilitySettings) -> None:
+        self.settings = settings
+        self.tracer: Tracer | None = None  # None until start-up: requests pass through
+        self.fields: frozenset[bytes] = frozenset()
+        self.early_attributes = True
+        self.provider: TracerProvider | None = None
+        self.owned = False
+        self.guard: ExportGuard | None = None
+        self.instrumentors: list[Any] = []
+
+    def start(self) -> None:
+        provider, owned, guard = _provider_for(self.settings)
+        self.provider, self.owned, self.guard = provider, owned, guard
+        if guard is not None:
+            quiet_exporter_logs(True)
+        self.instrumentors = _instrument_libraries(provider)
+        # The header names the configured propagators read (W3C traceparent, tracestate
+        # and baggage by default), so requests without them skip extraction.
+        fields = propagate.get_global_textmap().fields
+        self.fields = frozenset(name.lower().encode("latin-1") for name in fields)
+        self.early_attributes = not _ignores_attributes(getattr(provider, "sampler", None))
+        self.tracer = provider.get_tracer(TRACER_NAME, __version__)
+        _active.provider = provider
+        _correlation.set_trace_ids_getter(_current_trace_ids)
+
+    async def stop(self) -> None:
+        self.tracer = None
+        _correlation.set_trace_ids_getter(None)
+        for instrumentor in self.instrumentors:
+            try:
+                instrumentor.uninstrument()
+            except Exception:
+                logger.debug("could not switch off %r", instrumentor, exc_info=True)
+        self.instrumentors = []
+        provider, self.provider = self.provider, None
+        if _active.provider is provider:
+            _active.provider = None
+        try:
+            if provider is not None and self.owned:
+                await shut_down(provider, self.guard)
+                _retired.append(provider)
+        finally:
+            if self.guard is not None:
+                quiet_exporter_logs(False)
+            self.guard = None
+
+
+def tracing_layer(
+    settings: ObservabilitySettings, lifecycle: Lifecycle
+) -> Callable[[ASGIApp], ASGIApp]:
+    """The middleware factory for instrument(); the provider is set up at start-up."""
+    tracing = _Tracing(settings)
+    lifecycle.on_startup(tracing.start)
+    lifecycle.on_shutdown(tracing.stop)
+    excluded = compile_paths(_excluded_paths(settings))
+    return lambda inner: TracingMiddleware(inner, tracing=tracing, excluded=excluded)
+
+
+def _excluded_paths(settings: ObservabilitySettings) -> list[str]:
+    """TRACING_EXCLUDED_PATHS; left unset, the metrics endpoint (wherever METRICS_PATH puts
+    it) and /health."""
+    if "tracing_excluded_paths" in settings.model_fields_set:
+        return list(settings.tracing_excluded_paths)
+    return [re.escape(settings.metrics_path), "/health"]
+
+
+class TracingMiddleware:
+    """One SERVER span per HTTP request and websocket connection, and nothing more."""
+
+    def __init__(self, app: ASGIApp, *, tracing: _Tracing, excluded: Callable[[str], bool]) -> None:
+        self.app = app
+        self.tracing = tracing
+        self.excluded = excluded
+        self._quieted: object = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope_type = scope["type"]
+        if scope_type != "http" and scope_type != "websocket":
+            if scope_type == "lifespan":
+                # Before start-up registers the global provider, so that FastAPI's native
+                # telemetry never sees it switched on for this app.
+                _quiet_fastapi_tracing(scope.get("app"))
+            await self.app(scope, receive, send)
+            return
+        tracer = self.tracing.tracer
+        if tracer is None:
+            await self.app(scope, receive, send)
+            return
+        app = scope.get("app")
+        if app is not self._quieted:
+            # The lifespan did not pass through us (instrument() on a running app, or a
+            # test driving app.router.lifespan_context): quiet FastAPI's span from now on.
+            _quiet_fastapi_tracing(app)
+            self._quieted = app
+        native = scope.get("fastapi.telemetry")
+        if native is not None and getattr(native, "span", None) is not None:
+            # FastAPI opened this request's server span before we could stop it (see
+            # above): one server span per request, so for this one it is FastAPI's.
+            await self.app(scope, receive, send)
+            return
+        # A FastAPI app mounted below us checks this key and then opens no span of its own
+        # (excluded paths included).
+        scope.setdefault("fastapi.telemetry", None)
+        if self.excluded(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+
+        try:
+            name, attributes, parent = _start_attributes(scope, self.tracing.fields)
+            if self.tracing.early_attributes:
+                span = tracer.start_span(name, parent, _SERVER, attributes)
+                attributes = {}
+            else:
+                # The sampler ignores attributes: hand them over once, at the end, with
+                # the rest (the SDK validates start attributes twice, for the sampler
+                # and for the span, the largest part of a span's cost).
+                span = tracer.start_span(name, parent, _SERVER)
+            token = otel_context.attach(trace.set_span_in_context(span, parent))
+        except Exception:  # observability must never break the request
+            logger.exception("could not start the request's span")
+            await self.app(scope, receive, send)
+            return
+
+        entry_root_path = scope.get("root_path", "")
+        status_code = 0
+        end_time: int | None = None
+
+        async def send_traced(message: Message) -> None:
+            nonlocal status_code, end_time
+            message_type = message["type"]
+            if message_type == "http.response.start":
+                status_code = message["status"]
+            elif message_type == "websocket.accept":
+                status_code = 101
+            elif message_type == "websocket.close" and status_code == 0:
+                status_code = 403  # closed before the handshake: the server answers 403
+            elif message_type == "websocket.http.response.start":
+                status_code = message["status"]
+            await send(message)
+            if message_type == "http.response.body" and not message.get("more_body", False):
+                # The request ends here for the span; background tasks run after it.
+                end_time = time_ns()
+
+        error_type: str | None = None
+        try:
+            await self.app(scope, receive, send_traced)
+        except Exception as exc:
+            if span.is_recording() and not _normal_close(exc):
+                error_type = _type_name(type(exc))
+                span.record_exception(exc)
+            raise
+        finally:
+            try:
+                if span.is_recording():
+                    _end_attributes(
+                        span, name, attributes, scope, entry_root_path, status_code, error_type
+                    )
+                span.end(end_time)
+            except Exception:  # never replace the app's own exception with ours
+                logger.exception("could not end the request's span")
+            finally:
+                otel_context.detach(token)
+
+
+def _start_attributes(
+    scope: Scope, fields: frozenset[bytes]
+) -> tuple[str, dict[str, Any], otel_context.Context | None]:
+    """The span's initial name and attributes, and the caller's trace context if any."""
+    is_http = scope["type"] == "http"
+    # A websocket connection starts with a GET handshake.
+    method = scope.get("method", "GET") if is_http else "GET"
+    scheme = scope.get("scheme") or ("http" if is_http else "ws")
+    if method in KNOWN_METHODS:
+        name = method
+        attributes: dict[str, Any] = {"http.request.method": method}
+    else:
+        name = "HTTP"  # the conventions' span name for a method outside the known set
+        attributes = {"http.request.method": OTHER_METHOD, "http.request.method_original": method}
+    attributes["url.path"] = scope["path"]
+    attributes["url.scheme"] = scheme
+    query = scope.get("query_string")
+    if query:
+        attributes["url.query"] = _redact_query(query.decode("latin-1"))
+    version = scope.get("http_version")
+    if version:
+        attributes["network.protocol.version"] = version
+
+    host = agent = None
+    carrier: dict[str, str] | None = None
+    for key, value in scope["headers"]:
+        if key == b"host":
+            host = value
+        elif key == b"user-agent":
+            agent = value
+        elif key in fields:
+            if carrier is None:
+                carrier = {}
+            header = key.decode("latin-1")
+            text = value.decode("latin-1")
+            # Repeated headers (baggage may be split) are one comma-separated list.
+            carrier[header] = f"{carrier[header]},{text}" if header in carrier else text
+    address, port = _server_address(host, scheme, scope.get("server"))
+    if address is not None:
+        attributes["server.address"] = address
+        if port is not None:
+            attributes["server.port"] = port
+    client = scope.get("client")
+    if client:
+        attributes["client.address"] = client[0]
+    if agent is not None:
+        attributes["user_agent.original"] = agent.decode("latin-1")
+    request_id = current_request_id()
+    if request_id is not None:
+        attributes[REQUEST_ID_ATTRIBUTE] = request_id
+    parent = None
+    if carrier is not None:
+        try:
+            # A malformed traceparent yields an empty context: a new trace, not an error.
+            parent = propagate.extract(carrier)
+        except Exception:
+            logger.debug("could not extract the incoming trace context", exc_info=True)
+    return name, attributes, parent
+
+
+def _end_attributes(
+    span: Any,
+    name: str,
+    attributes: dict[str, Any],
+    scope: Scope,
+    entry_root_path: str,
+    status_code: int,
+    error_type: str | None,
+) -> None:
+    """Add what the response told us (route, status, error) and set it all at once."""
+    route = route_template(scope, entry_root_path)
+    if route is not None:
+        span.update_name(f"{name} {route}")
+        attributes["http.route"] = route
+    if status_code:
+        attributes["http.response.status_code"] = status_code
+        if error_type is None and status_code >= 500:
+            error_type = str(status_code)
+    elif error_type is None and scope["type"] == "http":
+        error_type = "incomplete_response"  # the app returned without answering
+    if error_type is not None:
+        attributes["error.type"] = error_type
+        span.set_status(_ERROR)
+    span.set_attributes(attributes)
+
+
+def _ignores_attributes(sampler: object) -> bool:
+    """Whether the sampler decides without looking at span attributes (the SDK's own)."""
+    from opentelemetry.sdk.trace import sampling
+
+    if isinstance(sampler, sampling.ParentBased):
+        delegates = (
+            getattr(sampler, name, None)
+            for name in (
+                "_root",
+                "_remote_parent_sampled",
+                "_remote_parent_not_sampled",
+                "_local_parent_sampled",
+                "_local_parent_not_sampled",
+            )
+        )
+        return all(_ignores_attributes(delegate) for delegate in delegates)
+    # Exact types: a subclass may well look at the attributes.
+    return type(sampler) in (sampling.StaticSampler, sampling.TraceIdRatioBased)
+
+
+_server_cache: dict[tuple[bytes | None, str], tuple[str | None, int | None]] = {}
+
+
+def _server_address(
+    host: bytes | None, scheme: str, server: Sequence[Any] | None
+) -> tuple[str | None, int | None]:
+    """server.address and server.port from the Host header, else from the ASGI server."""
+    if host is None:
+        if not server:
+            return None, None
+        return str(server[0]), (int(server[1]) if server[1] is not None else None)
+    key = (host, scheme)
+    cached = _server_cache.get(key)
+    if cached is not None:
+        return cached
+    try:
+        parts = urlsplit("//" + host.decode("latin-1"))
+        address, port = parts.hostname, parts.port
+    except ValueError:  # a malformed Host header must not cost the request
+        address, port = None, None
+    if address is not None and port is None:
+        port = _DEFAULT_PORTS.get(scheme)
+    if len(_server_cache) >= 256:  # Host is client-controlled: keep the cache bounded
+        _server_cache.clear()
+    _server_cache[key] = (address, port)
+    return address, port
+
+
+def _redact_query(query: str) -> str:
+    if not any(key in query for key in _SENSITIVE_QUERY_KEYS):
+        return query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    return urlencode(
+        [(k, "REDACTED" if k in _SENSITIVE_QUERY_KEYS else v) for k, v in pairs], safe="/"
+    )
+
+
+def _type_name(cls: type) -> str:
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def _normal_close(exc: BaseException) -> bool:
+    """A websocket client going away normally is not an error of the request."""
+    return type(exc).__name__ == "WebSocketDisconnect" and getattr(exc, "code", None) in (
+        1000,
+        1001,
+    )
+
+
+def _quiet_fastapi_tracing(app: object) -> None:
+    """Switch off FastAPI's native request span for an app we trace ourselves.
+
+    FastAPI (0.165 here) opens its own SERVER span (and operation spans under it) as soon
+    as a global TracerProvider exists, outside our middleware: every request would get
+    two server spans and pay twice. This is the documented `FastAPI(telemetry={"tracing":
+    False})` setting, applied to an app that was built without it.
+    """
+    config = getattr(app, "_telemetry", None)
+    if isinstance(config, dict) and config.get("tracing"):
+        config["tracing"] = False
+        logger.debug("switched off FastAPI's native request spans: ours replace them")
+
+
+# --- provider set-up and shutdown -----------------------------------------------------------
+
+
+def _provider_for(
+    settings: ObservabilitySettings,
+) -> tuple[TracerProvider, bool, ExportGuard | None]:
+    """(provider, whether we own it, our export guard) for this process."""
+    if _injected_provider is not None:
+        return _injected_provider, False, None
+    current = trace.get_tracer_provider()
+    registrable = isinstance(current, trace.ProxyTracerProvider)
+    if not registrable and not any(current is retired for retired in _retired):
+        logger.info(USING_EXISTING_PROVIDER)
+        return current, False, None
+    provider, guard = build_provider(settings)
+    if registrable:
+        # Global, so the service's own trace.get_tracer() and other instrumentations
+        # (redis, celery, ...) report to the same place.
+        trace.set_tracer_provider(provider)
+    return provider, True, guard
+
+
+def build_provider(settings: ObservabilitySettings) -> tuple[TracerProvider, ExportGuard | None]:
+    """An SDK TracerProvider from settings: resource, parent-based ratio sampler, batching."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    resource = Resource.create(
+        {
+            "service.name": settings.service_name,
+            "service.version": settings.service_version,
+            "deployment.environment.name": settings.environment,
+            # Per process: each worker of a forking server is its own instance.
+            "service.instance.id": str(uuid.uuid4()),
+        }
+    )
+    provider = SdkTracerProvider(
+        resource=resource,
+        sampler=ParentBased(TraceIdRatioBased(settings.tracing_sample_rate)),
+        # Our lifespan shutdown flushes with a bounded wait; an atexit flush against a
+        # dead collector could hold the process up for the exporter's full timeout.
+        shutdown_on_exit=False,
+    )
+    exporter, target = _exporter(settings)
+    if exporter is None:
+        return provider, None
+    guard = ExportGuard(exporter, target)
+    provider.add_span_processor(BatchSpanProcessor(guard))
+    return provider, guard
+
+
+def _exporter(settings: ObservabilitySettings) -> tuple[SpanExporter | None, str]:
+    kind = settings.tracing_exporter
+    if kind == "none":
+        return None, ""
+    if kind == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter(), "the console"
+    endpoint = settings.otlp_endpoint or DEFAULT_ENDPOINTS[kind]
+    headers = (
+        parse_otlp_headers(settings.otlp_headers.get_secret_value())
+        if settings.otlp_headers is not None
+        else {}
+    )
+    if kind == "otlp":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcExporter,
+        )
+
+        grpc = GrpcExporter(endpoint=endpoint, headers=headers or None, timeout=EXPORT_TIMEOUT)
+        return grpc, _safe_url(endpoint)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HttpExporter,
+    )
+
+    if urlsplit(endpoint).path in ("", "/"):
+        # A bare collector address: the traces path is the OTLP/HTTP default.
+        endpoint = endpoint.rstrip("/") + "/v1/traces"
+    http = HttpExporter(endpoint=endpoint, headers=headers or None, timeout=EXPORT_TIMEOUT)
+    return http, _safe_url(endpoint)
+
+
+def _safe_url(url: str) -> str:
+    """The URL without any user:password part, for log lines."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
+def _instrument_libraries(provider: TracerProvider) -> list[Any]:
+    """Switch on the httpx and SQLAlchemy instrumentations that are installed."""
+    switched_on = []
+    for module_name, class_name in _LIBRARY_INSTRUMENTORS:
+        try:
+            instrumentor = getattr(importlib.import_module(module_name), class_name)()
+        except ImportError:
+            continue  # the instrumentation, or the library itself, is not installed
+        if instrumentor.is_instrumented_by_opentelemetry:
+            continue  # the service switched it on itself: leave it to the service
+        try:
+            instrumentor.instrument(tracer_provider=provider, raise_exception_on_conflict=True)
+        except ImportError:
+            continue
+        except Exception as exc:
+            if type(exc).__name__ == "DependencyConflictError":
+                # e.g. a SQLAlchemy release newer than the instrumentation supports: one
+                # calm line instead of the instrumentation's error on every start-up.
+                logger.info(INSTRUMENTATION_UNSUPPORTED, class_name, exc)
+            else:
+                logger.warning(INSTRUMENTATION_FAILED, class_name, exc_info=True)
+            continue
+        if instrumentor.is_instrumented_by_opentelemetry:
+            switched_on.append(instrumentor)
+    return switched_on
