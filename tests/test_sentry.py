@@ -513,23 +513,37 @@ async def test_errors_of_one_request_share_a_trace_and_continue_an_incoming_one(
 
 
 async def test_events_carry_the_opentelemetry_trace_when_tracing_is_on(
-    sentry_server: SentryStandIn,
+    sentry_server: SentryStandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _correlation.set_trace_ids_getter(lambda: ("ab" * 16, "cd" * 8))
+    """End to end: real tracing, and the Sentry event names the request's server span."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from amani_observability import tracing
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    monkeypatch.setattr(tracing, "_injected_provider", provider)
     app = instrument(
         make_app(), settings_for(sentry_server.dsn, tracing_enabled=True, tracing_exporter="none")
     )
     async with serve(app) as client:
         await client.get("/items/0", headers={"X-Request-ID": "req-otel"})
         flush()
+    [span] = memory.get_finished_spans()
+    assert span.context is not None
+    trace_id = format(span.context.trace_id, "032x")
+    span_id = format(span.context.span_id, "016x")
     [event] = sentry_server.events()
     assert event["tags"] == {
         "request_id": "req-otel",
         "endpoint": "/items/{item_id}",
-        "trace_id": "ab" * 16,
+        "trace_id": trace_id,
     }
-    assert event["contexts"]["trace"]["trace_id"] == "ab" * 16
-    assert event["contexts"]["trace"]["span_id"] == "cd" * 8
+    assert event["contexts"]["trace"]["trace_id"] == trace_id
+    assert event["contexts"]["trace"]["span_id"] == span_id
 
 
 async def test_errors_only_mode_sends_no_transactions(sentry_server: SentryStandIn) -> None:
