@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import os
 import pkgutil
 import platform
 import subprocess
@@ -33,14 +34,17 @@ def all_cases() -> list[Case]:
 
 
 def run_group(group: str, rounds: int, requests: int) -> dict[str, float]:
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        # One core for the whole group: no migrations between cores mid-measurement.
+        os.sched_setaffinity(0, {(os.cpu_count() or 1) - 1})
     cases = [BARE_CASE, *(c for c in all_cases() if c.group == group)]
     return asyncio.run(measure(cases, rounds=rounds, requests=requests))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--only", help="run one group, in this process, and print its JSON")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args(argv)

@@ -1,0 +1,89 @@
+"""Whole-stack rows: everything instrument() does against the four peers stacked.
+
+Ours: request ID + metrics + tracing (100 % sampling, BatchSpanProcessor, dropping
+exporter) + Sentry errors-only, in one instrument() call. The peers: asgi-correlation-id
++ prometheus-fastapi-instrumentator + opentelemetry-instrumentation-fastapi (same kind of
+provider) + sentry-sdk's default FastAPI integration (traces_sample_rate=0).
+
+Each side runs in its own process (sentry-sdk patches Starlette process-wide) with its
+own bare baseline; the ratio compares overheads. As in cases_sentry.py, the peers'
+Sentry client is current only while their app runs, which errs in their favour.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.cases_sentry import DSN, ENVIRONMENT, RELEASE
+from benchmarks.cases_tracing import provider
+from benchmarks.harness import Case, bare_app
+
+PEERS = "+ peer stack (ACI + PFI + OTel + sentry-sdk)"
+OURS = "+ amani full stack"
+
+
+def _ours(*, access_log: bool) -> Any:
+    from amani_observability import ObservabilitySettings, instrument, tracing
+
+    tracing._injected_provider = provider()
+    settings = ObservabilitySettings(
+        tracing_enabled=True,
+        sentry_dsn=DSN,
+        environment=ENVIRONMENT,
+        service_version=RELEASE,
+        log_json=False,
+        access_log_enabled=access_log,
+    )
+    return instrument(bare_app(), settings)
+
+
+def ours() -> Any:
+    # The peers write no access log (uvicorn's would be there for both): leave ours out.
+    return _ours(access_log=False)
+
+
+def ours_with_access_log() -> Any:
+    import logging
+
+    # What a default instrument() does besides: one access-log record per request. The
+    # record is created and filtered; no handler is attached, so nothing is written.
+    logging.getLogger("amani_observability.access").setLevel(logging.INFO)
+    return _ours(access_log=True)
+
+
+def peers() -> Any:
+    import sentry_sdk
+    from asgi_correlation_id import CorrelationIdMiddleware
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    from prometheus_client import CollectorRegistry
+    from prometheus_fastapi_instrumentator import Instrumentator
+    from sentry_sdk.scope import Scope, _current_scope
+
+    sentry_sdk.init(dsn=DSN, environment=ENVIRONMENT, release=RELEASE, traces_sample_rate=0.0)
+    client = sentry_sdk.get_client()
+    sentry_sdk.get_global_scope().set_client(None)
+    client_scope = Scope(client=client)
+
+    app = bare_app()
+    app.add_middleware(CorrelationIdMiddleware)
+    Instrumentator(registry=CollectorRegistry()).instrument(app)
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=provider())
+
+    async def with_sentry_client(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        token = _current_scope.set(client_scope)
+        try:
+            await app(scope, receive, send)
+        finally:
+            _current_scope.reset(token)
+
+    return with_sentry_client
+
+
+CASES = [
+    Case(PEERS, peers, group="stack-peers"),
+    Case(OURS, ours, group="stack", peer=PEERS, target=0.1),
+    Case(f"{OURS} + access log", ours_with_access_log, group="stack", peer=PEERS, target=0.1),
+]
