@@ -906,3 +906,24 @@ async def test_a_dead_collector_costs_the_requests_nothing(
     assert shutdown_took < SHUTDOWN_ABANDON_WAIT, shutdown_took
     failures = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert [(r.name, r.msg) for r in failures] == [("amani_observability.tracing", EXPORT_FAILED)]
+
+
+async def test_a_configured_attribute_length_limit_still_applies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fast way of setting attributes steps aside when the SDK must truncate values."""
+    from opentelemetry.sdk.trace import SpanLimits
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(span_limits=SpanLimits(max_span_attribute_length=6))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    monkeypatch.setattr(tracing, "_injected_provider", provider)
+    app = fastapi_app()
+    transport = httpx.ASGITransport(app=app)
+    async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        await c.get("/items/123456789", headers={"User-Agent": "a-long-agent/1.0"})
+    attributes = dict(only_span(memory).attributes or {})
+    assert attributes["url.path"] == "/items"
+    assert attributes["user_agent.original"] == "a-long"
+    assert attributes["http.route"] == "/items"
+    assert attributes["http.response.status_code"] == 200

@@ -440,7 +440,28 @@ def _end_attributes(
     if error_type is not None:
         attributes["error.type"] = error_type
         span.set_status(_ERROR)
-    span.set_attributes(attributes)
+    _set_attributes(span, attributes)
+
+
+def _set_attributes(span: Any, attributes: dict[str, Any]) -> None:
+    """span.set_attributes(), minus the SDK's per-value validation where it cannot matter.
+
+    Every value we set is a str or an int, which the SDK's cleaning returns unchanged
+    unless a value-length limit is configured; cleaning 12 values is the largest part of
+    a span's cost. When the SDK's span is not the shape we know, or a limit applies, the
+    public call does the work.
+    """
+    store = getattr(span, "_attributes", None)
+    values = getattr(store, "_dict", None)
+    if (
+        type(values) is dict
+        and getattr(store, "max_value_len", 0) is None
+        and not getattr(store, "_immutable", True)
+        and len(values) + len(attributes) <= (getattr(store, "maxlen", None) or 0)
+    ):
+        values.update(attributes)
+    else:
+        span.set_attributes(attributes)
 
 
 def _ignores_attributes(sampler: object) -> bool:
