@@ -18,11 +18,12 @@ import re
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable
-from time import perf_counter
+from time import perf_counter, time
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.samples import Exemplar
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import CONVERTOR_TYPES
 from starlette.routing import Mount
@@ -56,13 +57,13 @@ _INF = float("inf")
 _EXEMPLAR_ID_ROOM = 128 - len("trace_id") - len("span_id")
 
 # Per (method, template, status): counter inc, histogram sum inc, bucket upper bounds,
-# bucket incs, and the histogram child itself (for observations with an exemplar).
+# bucket incs, and each bucket's set_exemplar (None where the values cannot hold one).
 _Series = tuple[
     Callable[[float], None],
     Callable[[float], None],
     tuple[float, ...],
     tuple[Callable[[float], None], ...],
-    Any,
+    "tuple[Callable[[Exemplar], None], ...] | None",
 ]
 
 
@@ -257,12 +258,20 @@ class PrometheusMiddleware:
         if series is None:
             series = self._series(method, template, code)
         series[0](1)
+        series[1](elapsed)
+        bucket = bisect_left(series[2], elapsed)
+        series[3][bucket](1)
         trace = _current_trace_ids()
-        if trace is not None and len(trace[0]) + len(trace[1]) <= _EXEMPLAR_ID_ROOM:
-            series[4].observe(elapsed, {"trace_id": trace[0], "span_id": trace[1]})
-        else:
-            series[1](elapsed)
-            series[3][bisect_left(series[2], elapsed)](1)
+        if (
+            trace is not None
+            and series[4] is not None
+            and len(trace[0]) + len(trace[1]) <= _EXEMPLAR_ID_ROOM
+        ):
+            # What Histogram.observe(exemplar=...) stores, minus re-validating label
+            # names we know are valid: the request's trace on the bucket it fell in.
+            series[4][bucket](
+                Exemplar({"trace_id": trace[0], "span_id": trace[1]}, elapsed, time())
+            )
         return template
 
     def _series(self, method: str, template: str, code: int) -> _Series:
@@ -270,11 +279,14 @@ class PrometheusMiddleware:
         sum_value = getattr(histogram, "_sum", None)
         buckets = getattr(histogram, "_buckets", None)
         bounds = getattr(histogram, "_upper_bounds", None)
+        exemplar_setters: tuple[Callable[[Exemplar], None], ...] | None = None
         if sum_value is not None and buckets is not None and bounds is not None:
             # What Histogram.observe() does, minus its per-call checks and Python loop.
             observe_sum = sum_value.inc
             bucket_incs = tuple(bucket.inc for bucket in buckets)
             upper_bounds = tuple(bounds)
+            if all(callable(getattr(bucket, "set_exemplar", None)) for bucket in buckets):
+                exemplar_setters = tuple(bucket.set_exemplar for bucket in buckets)
         else:  # pragma: no cover - a prometheus_client without these internals
             observe_sum, bucket_incs, upper_bounds = histogram.observe, (_ignore,), (_INF,)
         series = (
@@ -282,7 +294,7 @@ class PrometheusMiddleware:
             observe_sum,
             upper_bounds,
             bucket_incs,
-            histogram,
+            exemplar_setters,
         )
         self._finished[(method, template, code)] = series
         return series
