@@ -46,6 +46,7 @@ from ._asgi import (
     route_template,
 )
 from ._correlation import TraceIds
+from ._light_span import LightPipeline, LightSpan, light_pipeline
 from ._tracing_export import ExportGuard, quiet_exporter_logs, shut_down
 from ._version import __version__
 from .request_id import current_request_id
@@ -198,6 +199,8 @@ class _Tracing:
         self.tracer: Tracer | None = None  # None until start-up: requests pass through
         self.fields: frozenset[bytes] = frozenset()
         self.early_attributes = True
+        # The SDK-equivalent fast path for the server span, where the provider allows it.
+        self.light: LightPipeline | None = None
         self.provider: TracerProvider | None = None
         self.owned = False
         self.guard: ExportGuard | None = None
@@ -215,11 +218,14 @@ class _Tracing:
         self.fields = frozenset(name.lower().encode("latin-1") for name in fields)
         self.early_attributes = not _ignores_attributes(getattr(provider, "sampler", None))
         self.tracer = provider.get_tracer(TRACER_NAME, __version__)
+        # Only for the SDK's own samplers, which decide without the span's attributes.
+        self.light = None if self.early_attributes else light_pipeline(provider, self.tracer)
         _active.provider = provider
         _correlation.set_trace_ids_getter(_current_trace_ids)
 
     async def stop(self) -> None:
         self.tracer = None
+        self.light = None
         _correlation.set_trace_ids_getter(None)
         for instrumentor in self.instrumentors:
             try:
@@ -302,7 +308,10 @@ class TracingMiddleware:
 
         try:
             name, attributes, parent = _start_attributes(scope, self.tracing.fields)
-            if self.tracing.early_attributes:
+            light = self.tracing.light
+            if light is not None:
+                span = light.start(name, parent)
+            elif self.tracing.early_attributes:
                 span = tracer.start_span(name, parent, _SERVER, attributes)
                 attributes = {}
             else:
@@ -451,6 +460,9 @@ def _set_attributes(span: Any, attributes: dict[str, Any]) -> None:
     a span's cost. When the SDK's span is not the shape we know, or a limit applies, the
     public call does the work.
     """
+    if type(span) is LightSpan:
+        span.own_attributes.update(attributes)
+        return
     store = getattr(span, "_attributes", None)
     values = getattr(store, "_dict", None)
     if (
