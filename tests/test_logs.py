@@ -127,3 +127,23 @@ def test_log_json_false_leaves_logging_alone() -> None:
     before = list(root.handlers)
     instrument(Starlette(), ObservabilitySettings(log_json=False, metrics_enabled=False))
     assert root.handlers == before
+
+
+async def test_the_access_log_follows_a_moved_metrics_path() -> None:
+    stream = io.StringIO()
+
+    async def page(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = instrument(
+        Starlette(routes=[Route("/page", page)]),
+        ObservabilitySettings(metrics_path="/internal/metrics"),
+    )
+    configure_logging(ObservabilitySettings(), stream=stream)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        await client.get("/internal/metrics")
+        await client.get("/metrics")
+        await client.get("/page")
+    urls = [e["url"] for e in lines(stream) if e["logger"] == ACCESS_LOGGER]
+    assert urls == ["/metrics", "/page"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -145,7 +146,7 @@ def _build_layers(settings: ObservabilitySettings, lifecycle: Lifecycle) -> list
         layers.append(tracing_layer(settings, lifecycle))
 
     access_log = (
-        AccessLog(excluded_paths=settings.access_log_excluded_paths)
+        AccessLog(excluded_paths=_access_log_excluded_paths(settings))
         if settings.access_log_enabled
         else None
     )
@@ -155,6 +156,14 @@ def _build_layers(settings: ObservabilitySettings, lifecycle: Lifecycle) -> list
             lambda inner: RequestIDMiddleware(inner, header=header, access_log=access_log)
         )
     return layers
+
+
+def _access_log_excluded_paths(settings: ObservabilitySettings) -> list[str]:
+    """ACCESS_LOG_EXCLUDED_PATHS; left unset, the metrics endpoint (wherever METRICS_PATH
+    puts it) and /health, so scrapes and probes do not drown the log."""
+    if "access_log_excluded_paths" in settings.model_fields_set:
+        return list(settings.access_log_excluded_paths)
+    return [re.escape(settings.metrics_path), "/health"]
 
 
 def _is_starlette(app: object) -> bool:
