@@ -45,7 +45,7 @@ def make_app() -> FastAPI:
     return app
 
 
-async def test_duration_exemplar_and_log_line_carry_the_server_spans_ids(
+async def test_duration_exemplar_and_log_lines_carry_the_server_spans_ids(
     spans: InMemorySpanExporter,
 ) -> None:
     app = instrument(
@@ -53,7 +53,7 @@ async def test_duration_exemplar_and_log_line_carry_the_server_spans_ids(
         ObservabilitySettings(tracing_enabled=True, tracing_exporter="none"),
     )
     stream = io.StringIO()
-    configure_logging(ObservabilitySettings(access_log_enabled=False), stream=stream)
+    configure_logging(ObservabilitySettings(), stream=stream)
     transport = httpx.ASGITransport(app=app)
     async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         assert (await client.get("/items/3")).status_code == 200
@@ -74,12 +74,16 @@ async def test_duration_exemplar_and_log_line_carry_the_server_spans_ids(
     )
     assert [(s, t) for _, s, t in exemplars] == [(span_id, trace_id)]
 
-    [line] = [
-        json.loads(raw)
-        for raw in stream.getvalue().splitlines()
-        if json.loads(raw)["logger"] == "app.correlation"
-    ]
+    entries = [json.loads(raw) for raw in stream.getvalue().splitlines()]
+    [line] = [e for e in entries if e["logger"] == "app.correlation"]
     assert (line["trace_id"], line["span_id"]) == (trace_id, span_id)
+    # The access line is written after the span ended, and still names it.
+    [access] = [e for e in entries if e["logger"] == "amani_observability.access"]
+    assert (access["url"], access["trace_id"], access["span_id"]) == (
+        "/items/3",
+        trace_id,
+        span_id,
+    )
 
 
 @pytest.mark.parametrize("spans", [ALWAYS_OFF], ids=["unsampled"], indirect=True)

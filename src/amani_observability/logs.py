@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import IO, TYPE_CHECKING, Any
 
 from ._asgi import Scope, compile_paths
-from ._correlation import current_trace_ids
+from ._correlation import TraceIds, current_trace_ids
 from .request_id import current_request_id
 
 if TYPE_CHECKING:
@@ -126,22 +126,26 @@ class AccessLog:
     def wants(self, scope: Scope) -> bool:
         return self.logger.isEnabledFor(logging.INFO) and not self._excluded(scope["path"])
 
-    def emit(self, scope: Scope, status: int, duration: float, request_id: str) -> None:
+    def emit(
+        self,
+        scope: Scope,
+        status: int,
+        duration: float,
+        request_id: str,
+        trace_ids: TraceIds | None = None,
+    ) -> None:
         query = scope.get("query_string", b"")
         url = scope["path"] + "?" + query.decode("latin-1") if query else scope["path"]
         client = scope.get("client")
         method = scope.get("method", "WEBSOCKET")
-        self.logger.info(
-            "%s %s %d",
-            method,
-            url,
-            status,
-            extra={
-                "request_id": request_id,
-                "method": method,
-                "url": url,
-                "status_code": status,
-                "duration_ms": round(duration * 1000, 3),
-                "client": f"{client[0]}:{client[1]}" if client else None,
-            },
-        )
+        extra: dict[str, Any] = {
+            "request_id": request_id,
+            "method": method,
+            "url": url,
+            "status_code": status,
+            "duration_ms": round(duration * 1000, 3),
+            "client": f"{client[0]}:{client[1]}" if client else None,
+        }
+        if trace_ids is not None:
+            extra["trace_id"], extra["span_id"] = trace_ids
+        self.logger.info("%s %s %d", method, url, status, extra=extra)

@@ -17,6 +17,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from ._asgi import ASGIApp, Message, Receive, Scope, Send, header_value
+from ._correlation import TraceIds, current_trace_ids
 
 if TYPE_CHECKING:
     from .logs import AccessLog
@@ -103,13 +104,19 @@ class RequestIDMiddleware:
         started = perf_counter() if access_log is not None else 0.0
         response_started = False
 
+        trace_ids: TraceIds | None = None
+
         async def send_with_request_id(message: Message) -> None:
-            nonlocal status, response_started
+            nonlocal status, response_started, trace_ids
             message_type = message["type"]
             if message_type == "http.response.start" or message_type == "websocket.accept":
                 response_started = True
                 status = message.get("status", 101)
                 message["headers"] = [*message.get("headers", ()), header_pair]
+                if access_log is not None:
+                    # The server span is current while inner layers send: remember it for
+                    # the access line, written after the span has ended.
+                    trace_ids = current_trace_ids()
             await send(message)
 
         token = _current.set(request_id)
@@ -130,7 +137,7 @@ class RequestIDMiddleware:
             raise
         finally:
             if access_log is not None:
-                access_log.emit(scope, status, perf_counter() - started, request_id)
+                access_log.emit(scope, status, perf_counter() - started, request_id, trace_ids)
             _current.reset(token)
 
 
