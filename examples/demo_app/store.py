@@ -22,8 +22,18 @@ transactions = Table(
 kyc = Table("kyc_submissions", metadata, Column("user_id", String), Column("document_type", String))
 
 
+def _with_driver(url: str) -> str:
+    """`postgresql://` and Heroku-style `postgres://` URLs use psycopg 3 (the demo extra's
+    driver), not SQLAlchemy's default psycopg2, which the demo does not install."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
 class Store:
     def __init__(self, url: str) -> None:
+        url = _with_driver(url)
         if url.startswith("sqlite"):
             # One shared connection: an in-memory SQLite database lives as long as it does.
             self.engine = create_engine(

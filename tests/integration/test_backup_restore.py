@@ -605,3 +605,18 @@ def test_restore_without_a_file_prints_usage(tmp_path: Path) -> None:
     assert result.stderr == (
         "restore_database.sh: error: usage: restore_database.sh [--force] BACKUP_FILE.sql.gz\n"
     )
+
+
+def test_the_demo_store_runs_on_postgresql(postgres: PostgresServer, database: str) -> None:
+    """DATABASE_URL=postgresql://... works with the demo extra's driver (psycopg 3)."""
+    from examples.demo_app.store import Store
+
+    store = Store(postgres.url(database))
+    try:
+        store.add_transaction("tx-1", "hold", 250.5)
+        store.add_user("u-1", "ada@example.com")
+        assert store.get_transaction("tx-1") == {"id": "tx-1", "type": "hold", "amount": 250.5}
+        assert store.get_transaction("missing") is None
+    finally:
+        store.engine.dispose()
+    assert postgres.psql(database, "SELECT email FROM users") == "ada@example.com\n"
