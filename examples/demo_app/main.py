@@ -1,8 +1,9 @@
 """The demo service: a small escrow/KYC API instrumented with one call.
 
 Run it with `make demo`. It needs nothing external: SQLite in memory by default,
-`DATABASE_URL` (e.g. `postgresql://user:pass@host/db`, driven by psycopg 3) for a real database; tracing, Sentry and alerts stay off until their
-variables are set (see docs/configuration.md).
+`DATABASE_URL` (e.g. `postgresql://user:pass@host/db`, driven by psycopg 3) for a real
+database; tracing, Sentry and alerts stay off until their variables are set (see
+docs/configuration.md).
 """
 
 from __future__ import annotations
