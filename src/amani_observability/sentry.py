@@ -27,6 +27,9 @@ from sentry_sdk import scope as _sentry_scope
 from sentry_sdk.integrations.fastapi import FastApiIntegration
 from sentry_sdk.integrations.logging import ignore_logger
 from sentry_sdk.integrations.starlette import StarletteIntegration
+from sentry_sdk.scope import Scope as _SentryScope
+from sentry_sdk.scope import _current_scope as _current_scope_var
+from sentry_sdk.scope import _isolation_scope as _isolation_scope_var
 from sentry_sdk.scope import (
     register_external_propagation_context,
     remove_external_propagation_context,
@@ -239,10 +242,16 @@ class SentryMiddleware:
         processor = _request_processor(
             scope, entry_root_path, current_request_id(), self.transactions
         )
-        with sentry_sdk.isolation_scope() as sentry_scope:
-            # A fork inherits the server's breadcrumbs (start-up logs...): start afresh.
-            sentry_scope.clear_breadcrumbs()
-            sentry_scope.add_event_processor(processor)
+        # What sentry_sdk.isolation_scope() does (fork the isolation and the current scope,
+        # make both current, restore them after), without its generator context manager:
+        # a third of the middleware's cost.
+        isolation = _SentryScope.get_isolation_scope().fork()
+        # A fork inherits the server's breadcrumbs (start-up logs...): start afresh.
+        isolation.clear_breadcrumbs()
+        isolation.add_event_processor(processor)
+        isolation_token = _isolation_scope_var.set(isolation)
+        current_token = _current_scope_var.set(_SentryScope.get_current_scope().fork())
+        try:
             if self.transactions and not self.excluded_path(scope["path"]):
                 await self._traced(scope, receive, send, entry_root_path)
                 return
@@ -251,6 +260,9 @@ class SentryMiddleware:
             except Exception as exc:
                 _capture_unhandled(exc)
                 raise
+        finally:
+            _current_scope_var.reset(current_token)
+            _isolation_scope_var.reset(isolation_token)
 
     async def _traced(
         self, scope: Scope, receive: Receive, send: Send, entry_root_path: str
