@@ -148,4 +148,11 @@ class AccessLog:
         }
         if trace_ids is not None:
             extra["trace_id"], extra["span_id"] = trace_ids
-        self.logger.info("%s %s %d", method, url, status, extra=extra)
+        logger = self.logger
+        # logger.info() would first walk the stack to find its caller (always this line):
+        # build the record directly and hand it to the handlers.
+        record = logger.makeRecord(
+            logger.name, logging.INFO, __file__, 0, "%s %s %d", (method, url, status), None,
+            "access", extra,
+        )  # fmt: skip
+        logger.handle(record)
