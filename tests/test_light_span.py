@@ -156,6 +156,8 @@ def test_sampling_decisions_are_the_samplers() -> None:
         span = pipeline.start("GET", None)
         assert type(span).__name__ == expected
         assert span.get_span_context().trace_flags.sampled is False
+        if isinstance(span, LightSpan):
+            assert span.hex_ids() is None  # not sampled: nothing to correlate with
         span.end()
     # Recorded but not sampled: the processors receive it and export nothing.
     assert exported.get_finished_spans() == ()
@@ -170,6 +172,8 @@ def test_a_light_span_ignores_changes_after_it_ended() -> None:
     span = pipeline.start("GET", None)
     assert isinstance(span, LightSpan)
     span.set_attribute("before", 1)
+    context = span.get_span_context()
+    assert span.hex_ids() == (format(context.trace_id, "032x"), format(context.span_id, "016x"))
     span.end()
     span.set_attribute("after", 2)
     span.update_name("renamed")

@@ -137,6 +137,17 @@ class LightSpan(trace.Span):
         self._events: list[Event] = []
         self._links: list[Link] = []
         self._status = _UNSET
+        self._hex_ids: tuple[str, str] | None = None
+
+    def hex_ids(self) -> tuple[str, str] | None:
+        """(trace_id, span_id) in hex when sampled, formatted once however often asked
+        (metrics exemplar, log lines, the access line, Sentry events)."""
+        if self._hex_ids is None and self._context.trace_flags.sampled:
+            self._hex_ids = (
+                format(self._context.trace_id, "032x"),
+                format(self._context.span_id, "016x"),
+            )
+        return self._hex_ids
 
     # --- the trace.Span API ------------------------------------------------------------
 

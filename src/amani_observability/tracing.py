@@ -178,7 +178,10 @@ def _is_attribute_value(value: object) -> bool:
 
 def _current_trace_ids() -> TraceIds | None:
     """The correlation getter: IDs of the current span, only when it is sampled and valid."""
-    context = trace.get_current_span().get_span_context()
+    span = trace.get_current_span()
+    if type(span) is LightSpan:
+        return span.hex_ids()
+    context = span.get_span_context()
     if context.trace_flags.sampled and context.is_valid:
         return format(context.trace_id, "032x"), format(context.span_id, "016x")
     return None
