@@ -39,18 +39,18 @@ def ours_sentry() -> Any:
     return instrument(bare_app(), settings)  # init_sentry() runs at lifespan start-up
 
 
-def sentry_sdk_fastapi() -> Any:
+def with_sentry_sdk_client(app: Any) -> Any:
+    """sentry-sdk initialised with the peers table's configuration (defaults,
+    traces_sample_rate=0), its client current only while `app` handles a request."""
     import sentry_sdk
     from sentry_sdk.scope import Scope, _current_scope
 
-    # The peers table's configuration: defaults, traces_sample_rate=0.
     sentry_sdk.init(dsn=DSN, environment=ENVIRONMENT, release=RELEASE, traces_sample_rate=0.0)
     client = sentry_sdk.get_client()
     sentry_sdk.get_global_scope().set_client(None)
     client_scope = Scope(client=client)
-    app = bare_app()
 
-    async def with_sentry_client(scope: Any, receive: Any, send: Any) -> None:
+    async def with_client(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
@@ -60,7 +60,11 @@ def sentry_sdk_fastapi() -> Any:
         finally:
             _current_scope.reset(token)
 
-    return with_sentry_client
+    return with_client
+
+
+def sentry_sdk_fastapi() -> Any:
+    return with_sentry_sdk_client(bare_app())
 
 
 CASES = [

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.cases_sentry import DSN, ENVIRONMENT, RELEASE
+from benchmarks.cases_sentry import DSN, ENVIRONMENT, RELEASE, with_sentry_sdk_client
 from benchmarks.cases_tracing import provider
 from benchmarks.harness import Case, bare_app
 
@@ -52,34 +52,16 @@ def ours_with_access_log() -> Any:
 
 
 def peers() -> Any:
-    import sentry_sdk
     from asgi_correlation_id import CorrelationIdMiddleware
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
     from prometheus_client import CollectorRegistry
     from prometheus_fastapi_instrumentator import Instrumentator
-    from sentry_sdk.scope import Scope, _current_scope
-
-    sentry_sdk.init(dsn=DSN, environment=ENVIRONMENT, release=RELEASE, traces_sample_rate=0.0)
-    client = sentry_sdk.get_client()
-    sentry_sdk.get_global_scope().set_client(None)
-    client_scope = Scope(client=client)
 
     app = bare_app()
     app.add_middleware(CorrelationIdMiddleware)
     Instrumentator(registry=CollectorRegistry()).instrument(app)
     FastAPIInstrumentor.instrument_app(app, tracer_provider=provider())
-
-    async def with_sentry_client(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
-        token = _current_scope.set(client_scope)
-        try:
-            await app(scope, receive, send)
-        finally:
-            _current_scope.reset(token)
-
-    return with_sentry_client
+    return with_sentry_sdk_client(app)
 
 
 CASES = [

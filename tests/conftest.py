@@ -15,7 +15,8 @@ import pytest
 
 from tests.support import LifespanDriver
 
-_OUR_PREFIXES = (
+# Environment variables of the library (and of the libraries it configures).
+LIBRARY_PREFIXES = (
     "SENTRY_",
     "TRACING_",
     "OTLP_",
@@ -38,7 +39,7 @@ _OUR_PREFIXES = (
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[None]:
     """Every test starts with none of our variables set and no .env file in reach."""
     for name in list(os.environ):
-        if name.startswith(_OUR_PREFIXES):
+        if name.startswith(LIBRARY_PREFIXES):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     root = logging.getLogger()

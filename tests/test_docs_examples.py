@@ -42,30 +42,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import LIBRARY_PREFIXES, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE_TIMEOUT = 120
 PAGERDUTY_API_KEY = "0123456789abcdef0123456789abcdef"
 # The library's variables are cleared for the example process, whatever the caller has set.
-OUR_PREFIXES = (
-    "SENTRY_",
-    "TRACING_",
-    "OTLP_",
-    "SLACK_",
-    "PAGERDUTY_",
-    "ALERT_",
-    "METRICS_",
-    "SERVICE_",
-    "LOG_",
-    "REQUEST_ID_",
-    "ACCESS_LOG_",
-    "PROMETHEUS_MULTIPROC_DIR",
-    "ENVIRONMENT",
-    "DATABASE_URL",
-    "OTEL_",
-    "BACKUP_",
-)
+OUR_PREFIXES = (*LIBRARY_PREFIXES, "BACKUP_")
 
 PYTHON_ALIASES = frozenset({"python", "py", "py3", "python3"})
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")

@@ -18,9 +18,10 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 import httpx
-from prometheus_client import REGISTRY, Counter
+from prometheus_client import Counter
 
 from ._alert_channels import ChannelRequest
+from ._registry import get_or_create
 from ._version import __version__
 
 Outcome = Literal["delivered", "failed", "throttled", "not_configured", "rejected"]
@@ -227,14 +228,12 @@ async def deliver(
 def alerts_sent_counter() -> Counter:
     """`alerts_sent_total{channel, outcome}`, get-or-create in the default registry, so a
     second dispatcher (or a re-imported module in tests) never hits "Duplicated timeseries"."""
-    existing = REGISTRY._names_to_collectors.get("alerts_sent_total")
-    if isinstance(existing, Counter):
-        return existing
-    return Counter(
+    return get_or_create(
+        Counter,
         "alerts_sent_total",
         "Alerts handled by the dispatcher, by channel and outcome "
         "(delivered, failed, throttled, not_configured, rejected, dropped).",
-        ["channel", "outcome"],
+        labelnames=["channel", "outcome"],
     )
 
 

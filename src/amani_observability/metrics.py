@@ -25,9 +25,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-from prometheus_client.metrics import MetricWrapperBase
 
 from ._metrics_middleware import MetricsEndpoint, PrometheusMiddleware, _values_in_memory
+from ._registry import get_or_create as _get_or_create
 from .settings import DEFAULT_BUCKETS
 
 if TYPE_CHECKING:
@@ -60,22 +60,7 @@ MULTIPROC_TOO_LATE = (
     "variable before Python starts."
 )
 
-M = TypeVar("M", bound=MetricWrapperBase)
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _get_or_create(kind: type[M], name: str, documentation: str, **options: Any) -> M:
-    """The metric registered under `name` in the default registry, created on first use."""
-    existing = REGISTRY._names_to_collectors.get(name)
-    if existing is None:
-        return kind(name, documentation, registry=REGISTRY, **options)
-    labelnames = tuple(options.get("labelnames", ()))
-    if type(existing) is not kind or getattr(existing, "_labelnames", None) != labelnames:
-        raise ValueError(
-            f"A metric named {name!r} is already registered with a different type or labels; "
-            f"amani_observability needs it as a {kind.__name__} with labels {list(labelnames)}."
-        )
-    return existing
 
 
 def _histogram(
