@@ -24,7 +24,7 @@ import yaml
 
 from amani_observability.assets import alert_names, export_assets, grafana_dashboard
 from amani_observability.cli import main
-from tests.conftest import _OUR_PREFIXES, free_port, require_binary
+from tests.conftest import LIBRARY_PREFIXES, free_port, require_binary
 from tests.support import UvicornProcess
 
 pytestmark = pytest.mark.integration
@@ -104,7 +104,7 @@ def module_environment() -> Iterator[None]:
     demo would inherit a developer's SENTRY_DSN, TRACING_ENABLED..."""
     with pytest.MonkeyPatch.context() as environment:
         for name in list(os.environ):
-            if name.startswith(_OUR_PREFIXES):
+            if name.startswith(LIBRARY_PREFIXES):
                 environment.delenv(name)
         yield
 
