@@ -99,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     print(f"\nwritten to {args.out}")
-    return 0
+    missed = [r["configuration"] for r in rows if r.get("meets_target") is False]
+    if missed:
+        print(f"targets missed: {', '.join(missed)}", file=sys.stderr)
+    return 1 if missed else 0
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
