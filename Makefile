@@ -40,8 +40,22 @@ unit: $(VENV)/.installed
 
 test: lint typecheck unit
 
+# Every step runs even when an earlier one misses its target; the exit status says
+# whether all of them met theirs. Results: benchmarks/results/*.json, docs/performance.png.
 bench: $(VENV)/.installed-bench
-	$(PY) -m benchmarks.run
+	@missed=""; \
+	echo "== overhead per request (in-process harness)"; \
+	$(PY) -m benchmarks.run || missed="$$missed harness"; \
+	echo "== plot"; \
+	$(PY) -m benchmarks.plot || missed="$$missed plot"; \
+	echo "== /metrics scrape cost"; \
+	$(PY) -m benchmarks.scrape_cost || missed="$$missed scrape-cost"; \
+	echo "== steady memory"; \
+	$(PY) -m benchmarks.memory || missed="$$missed memory"; \
+	echo "== throughput through uvicorn (wrk)"; \
+	$(PY) -m benchmarks.throughput || missed="$$missed throughput"; \
+	if [ -n "$$missed" ]; then echo "bench: missed or failed:$$missed"; exit 1; fi; \
+	echo "bench: every target met"
 
 load: $(VENV)/.installed
 	$(PY) -m examples.load --base-url http://$(HOST):$(PORT)

@@ -58,12 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for group in groups:
         print(f"running group {group!r} ...", file=sys.stderr)
-        output = subprocess.run(
+        process = subprocess.run(
             [sys.executable, "-m", "benchmarks.run", "--only", group,
              "--rounds", str(args.rounds), "--requests", str(args.requests)],
-            check=True, capture_output=True, text=True,
-        ).stdout  # fmt: skip
-        medians = json.loads(output.strip().splitlines()[-1])
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if process.returncode != 0:
+            # Show why the group failed instead of a bare CalledProcessError.
+            sys.stderr.write(process.stderr)
+            raise SystemExit(f"group {group!r} failed (exit status {process.returncode})")
+        medians = json.loads(process.stdout.strip().splitlines()[-1])
         bare = medians[BARE]
         for case in [BARE_CASE, *(c for c in cases if c.group == group)]:
             us = medians[case.name]
@@ -99,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     print(f"\nwritten to {args.out}")
-    return 0
+    missed = [r["configuration"] for r in rows if r.get("meets_target") is False]
+    if missed:
+        print(f"targets missed: {', '.join(missed)}", file=sys.stderr)
+    return 1 if missed else 0
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:

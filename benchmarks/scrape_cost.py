@@ -16,6 +16,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
@@ -23,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from amani_observability._metrics_middleware import MetricsEndpoint
 
 TARGET = 1.2
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def build_registry(series: int) -> CollectorRegistry:
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--series", type=int, default=10_000)
+    parser.add_argument("--out", type=Path, default=RESULTS / "scrape_cost.json")
     args = parser.parse_args(argv)
 
     registry = build_registry(args.series)
@@ -73,7 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     for name, ms in medians.items():
         print(f"{name:<28} {ms:8.2f} ms  {ms / base:5.2f}x", file=sys.stderr)
     ratio = medians["amani GET /metrics (ASGI)"] / base
-    print(json.dumps({"series": args.series, "ms": medians, "ratio": round(ratio, 3)}))
+    result = {
+        "series": args.series,
+        "rounds": args.rounds,
+        "ms": medians,
+        "ratio": round(ratio, 3),
+        "target": TARGET,
+        "meets_target": ratio <= TARGET,
+    }
+    print(json.dumps(result))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
     return 0 if ratio <= TARGET else 1
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+TARGET = 0.85
 APPS = {
     "bare FastAPI": "benchmarks.server_apps:bare",
     "full amani stack": "benchmarks.server_apps:full",
@@ -89,10 +90,22 @@ def main(argv: list[str] | None = None) -> int:
     ratio = medians["full amani stack"] / medians["bare FastAPI"]
     for name, value in medians.items():
         print(f"{name:<20} {value:>10.0f} req/s")
-    print(f"full stack / bare    {ratio:>10.3f}  (target >= 0.85)")
+    verdict = "ok" if ratio >= TARGET else "MISSED"
+    print(f"full stack / bare    {ratio:>10.3f}  (target >= {TARGET}) {verdict}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"requests_per_second": medians, "ratio": ratio}, indent=2))
-    return 0
+    result = {
+        "requests_per_second": medians,
+        "samples": samples,
+        "ratio": round(ratio, 3),
+        "target": TARGET,
+        "meets_target": ratio >= TARGET,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "connections": args.connections,
+    }
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"written to {args.out}")
+    return 0 if ratio >= TARGET else 1
 
 
 if __name__ == "__main__":

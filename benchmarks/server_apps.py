@@ -1,0 +1,43 @@
+"""The two apps benchmarks/throughput.py serves with uvicorn: `bare` and `full`.
+
+    uvicorn benchmarks.server_apps:bare     # the benchmark route, nothing else
+    uvicorn benchmarks.server_apps:full     # the same route under the whole stack
+
+`full` is the stack of cases_stack.py built for a real server: request ID, metrics,
+tracing at 100 % sampling through a BatchSpanProcessor (its exporter drops the batches,
+so no collector is needed and only the per-request cost shows), Sentry errors-only with
+a DSN on a closed loopback port (a healthy request sends nothing), access log off (the
+bare side writes none either). Each app is built on first access, so serving `bare`
+imports none of the stack.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def build_bare() -> Any:
+    from benchmarks.harness import bare_app
+
+    return bare_app()
+
+
+def build_full() -> Any:
+    # The provider goes in through tracing's internal hook and never becomes global,
+    # as in the harness: started and flushed by the app's own lifespan.
+    from benchmarks.cases_stack import ours
+
+    return ours()
+
+
+_BUILDERS = {"bare": build_bare, "full": build_full}
+
+
+def __getattr__(name: str) -> Any:
+    # uvicorn resolves "module:attribute" with getattr(): build the app it asks for, once.
+    builder = _BUILDERS.get(name)
+    if builder is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    app = builder()
+    globals()[name] = app
+    return app
