@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
+import random
 import re
 from contextvars import ContextVar
 from time import perf_counter
@@ -31,14 +31,21 @@ REJECTED_REQUEST_ID = "Ignored an invalid incoming request ID header and generat
 # UUIDs with or without dashes, nginx's $request_id, W3C trace ids, ULIDs all pass.
 _accept = re.compile(rb"[A-Za-z0-9._-]{1,128}").fullmatch
 
+_random_bits = random.getrandbits
+
 _current: ContextVar[str | None] = ContextVar("amani_request_id", default=None)
 
 _INTERNAL_ERROR_BODY = b"Internal Server Error"
 
 
 def new_request_id() -> str:
-    """32 random hex digits (128 bits): cheaper than uuid4() and a valid W3C trace id."""
-    return os.urandom(16).hex()
+    """32 random hex digits (128 bits): a valid W3C trace id too.
+
+    From `random`, like OpenTelemetry's trace ids: a request ID correlates, it guards
+    nothing, and `os.urandom()` costs a system call per request. `random` is reseeded in
+    each forked worker, so workers never repeat each other's IDs.
+    """
+    return f"{_random_bits(128):032x}"
 
 
 def get_request_id(request: Any = None) -> str | None:
