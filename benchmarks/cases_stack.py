@@ -67,5 +67,6 @@ def peers() -> Any:
 CASES = [
     Case(PEERS, peers, group="stack-peers"),
     Case(OURS, ours, group="stack", peer=PEERS, target=0.1),
-    Case(f"{OURS} + access log", ours_with_access_log, group="stack", peer=PEERS, target=0.1),
+    # What the default access log adds on top; the peers write none, so no target.
+    Case(f"{OURS} + access log", ours_with_access_log, group="stack", peer=PEERS),
 ]

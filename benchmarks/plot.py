@@ -75,7 +75,8 @@ def plot(results: dict[str, Any], out: Path) -> None:
         axes.text(
             max(ours, 0.0) + longest * 0.01,
             y - bar / 2,
-            f"{ours:.0f} us  ({ratio:.2f}x, target <= {target:g}x)",
+            f"{ours:.0f} us  ({ratio:.2f}x"
+            + (")" if target is None else f", target <= {target:g}x)"),
             va="center",
             fontsize=8,
             color=OURS_COLOUR,
