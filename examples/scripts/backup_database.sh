@@ -26,16 +26,8 @@ readonly PROG="${0##*/}"
 # Backups hold the whole database: readable by their owner only.
 umask 077
 
-die() {
-    local status="$1"
-    shift
-    printf '%s: error: %s\n' "$PROG" "$*" >&2
-    exit "$status"
-}
-
-note() {
-    printf '%s: %s\n' "$PROG" "$*" >&2
-}
+# shellcheck source=_pg_common.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/_pg_common.sh"
 
 if [[ $# -gt 0 ]]; then
     case "$1" in
@@ -65,16 +57,7 @@ for tool in pg_dump gzip awk; do
         die 1 "$tool not found on PATH (pg_dump comes with the PostgreSQL client, e.g. apt-get install postgresql-client)"
 done
 
-# Connection target: DATABASE_URL wins; otherwise libpq reads the PG* variables itself.
-conn_args=()
-target="host=${PGHOST:-<libpq default>} port=${PGPORT:-5432} user=${PGUSER:-<login name>} dbname=${PGDATABASE:-<user name>}"
-if [[ -n "${DATABASE_URL:-}" ]]; then
-    # libpq does not know SQLAlchemy driver suffixes such as postgresql+asyncpg://.
-    url="$(printf '%s' "$DATABASE_URL" | sed -E 's#^postgres(ql)?\+[A-Za-z0-9_]+://#postgresql://#')"
-    conn_args=("--dbname=$url")
-    # Never print the password.
-    target="$(printf '%s' "$url" | sed -E 's#^([a-z]+://[^:/@]*):[^@]*@#\1:***@#')"
-fi
+connection_target
 
 mkdir -p -- "$BACKUP_DIR" || die 1 "cannot create BACKUP_DIR '$BACKUP_DIR'"
 [[ -w "$BACKUP_DIR" ]] || die 1 "BACKUP_DIR '$BACKUP_DIR' is not writable"
@@ -93,14 +76,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-# A dump is complete only if pg_dump wrote both its opening and its closing comment.
-is_complete_dump() {
-    gzip -dc -- "$1" | awk '
-        NR <= 10 && $0 == "-- PostgreSQL database dump" { head = 1 }
-        $0 == "-- PostgreSQL database dump complete" { tail = 1 }
-        END { exit !(head && tail) }'
-}
 
 note "backing up $target"
 if ! pg_dump "${conn_args[@]}" --clean --if-exists --no-owner --no-privileges --format=plain |

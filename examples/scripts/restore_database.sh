@@ -24,16 +24,8 @@ set -euo pipefail
 
 readonly PROG="${0##*/}"
 
-die() {
-    local status="$1"
-    shift
-    printf '%s: error: %s\n' "$PROG" "$*" >&2
-    exit "$status"
-}
-
-note() {
-    printf '%s: %s\n' "$PROG" "$*" >&2
-}
+# shellcheck source=_pg_common.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/_pg_common.sh"
 
 usage() {
     sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
@@ -74,20 +66,11 @@ for tool in psql gzip awk; do
 done
 gzip -t -- "$file" 2>/dev/null ||
     die 1 "refusing to restore: '$file' is not a valid gzip file (corrupt or truncated)"
-gzip -dc -- "$file" | awk '
-    NR <= 10 && $0 == "-- PostgreSQL database dump" { head = 1 }
-    $0 == "-- PostgreSQL database dump complete" { tail = 1 }
-    END { exit !(head && tail) }' ||
+is_complete_dump "$file" ||
     die 1 "refusing to restore: '$file' is not a complete pg_dump SQL dump (no start or end marker)"
 
 # --- the target ---------------------------------------------------------------------------
-conn_args=()
-target="host=${PGHOST:-<libpq default>} port=${PGPORT:-5432} user=${PGUSER:-<login name>} dbname=${PGDATABASE:-<user name>}"
-if [[ -n "${DATABASE_URL:-}" ]]; then
-    url="$(printf '%s' "$DATABASE_URL" | sed -E 's#^postgres(ql)?\+[A-Za-z0-9_]+://#postgresql://#')"
-    conn_args=("--dbname=$url")
-    target="$(printf '%s' "$url" | sed -E 's#^([a-z]+://[^:/@]*):[^@]*@#\1:***@#')"
-fi
+connection_target
 psql_cmd=(psql -X -v ON_ERROR_STOP=1 "${conn_args[@]}")
 
 # User relations (tables, views, materialized views, sequences, foreign tables), leaving out
