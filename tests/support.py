@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from typing_extensions import Self
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,57 +89,48 @@ def response_headers(messages: list[dict[str, Any]]) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in start.get("headers", [])}
 
 
-class UvicornProcess:
-    """A real uvicorn serving `app_path` on a loopback port, its output kept in a file."""
+class ServerProcess:
+    """A real server process on loopback, its output kept in a file, started with a bounded
+    wait for `ready_url` (any HTTP answer, or only `ready_status` when given) and stopped
+    with a bounded wait."""
 
     def __init__(
         self,
-        app_path: str,
-        port: int,
+        argv: list[str],
         *,
-        env: Mapping[str, str] | None = None,
-        args: tuple[str, ...] = (),
         log_path: Path,
+        ready_url: str,
+        ready_status: int | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
-        self.app_path = app_path
-        self.port = port
-        self.base_url = f"http://127.0.0.1:{port}"
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-        self.args = args
+        self.argv = argv
         self.log_path = log_path
+        self.ready_url = ready_url
+        self.ready_status = ready_status
+        self.env = dict(env) if env is not None else None
+        self.cwd = cwd
         self.process: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> UvicornProcess:
+    def __enter__(self) -> Self:
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                self.app_path,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--no-access-log",
-                *self.args,
-            ],
-            cwd=ROOT,
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+            self.argv, cwd=self.cwd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"uvicorn exited early:\n{self.output()}")
+                self.__exit__()
+                raise RuntimeError(f"{self.argv[0]} exited early:\n{self.output()}")
             try:
-                httpx.get(self.base_url + "/health", timeout=1.0)
-                return self
+                status = httpx.get(self.ready_url, timeout=1.0).status_code
             except httpx.TransportError:
-                time.sleep(0.1)
+                status = None
+            if status is not None and self.ready_status in (None, status):
+                return self
+            time.sleep(0.1)
         self.__exit__()
-        raise RuntimeError(f"uvicorn did not start within 30 s:\n{self.output()}")
+        raise RuntimeError(f"{self.argv[0]} was not ready within 30 s:\n{self.output()}")
 
     def __exit__(self, *exc: object) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -152,6 +144,40 @@ class UvicornProcess:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+class UvicornProcess(ServerProcess):
+    """A real uvicorn serving `app_path` on a loopback port, its output kept in a file."""
+
+    def __init__(
+        self,
+        app_path: str,
+        port: int,
+        *,
+        env: Mapping[str, str] | None = None,
+        args: tuple[str, ...] = (),
+        log_path: Path,
+    ) -> None:
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
+        super().__init__(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                app_path,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-access-log",
+                *args,
+            ],
+            log_path=log_path,
+            ready_url=self.base_url + "/health",
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+            cwd=ROOT,
+        )
 
 
 class OTLPReceiver:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ import yaml
 from amani_observability.assets import alert_names, export_assets, grafana_dashboard
 from amani_observability.cli import main
 from tests.conftest import LIBRARY_PREFIXES, free_port, require_binary
-from tests.support import UvicornProcess
+from tests.support import ServerProcess, UvicornProcess
 
 pytestmark = pytest.mark.integration
 
@@ -61,41 +60,9 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
     pytest.fail(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
-class Server:
-    """A real server process on loopback, its output in a file, stopped with a bounded wait."""
-
-    def __init__(self, argv: list[str], log_path: Path, ready_url: str) -> None:
-        self.argv = argv
-        self.log_path = log_path
-        self.ready_url = ready_url
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Server:
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT)
-
-        def ready() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                pytest.fail(f"{self.argv[0]} exited early:\n{self.log_path.read_text()}")
-            return httpx.get(self.ready_url, timeout=1.0).status_code == 200
-
-        try:
-            wait_for(f"{self.argv[0]} to be ready", ready, 30)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-        self._log.close()
+def Server(argv: list[str], log_path: Path, ready_url: str) -> ServerProcess:
+    """Prometheus or Alertmanager: ready once `/-/ready` answers 200."""
+    return ServerProcess(argv, log_path=log_path, ready_url=ready_url, ready_status=200)
 
 
 @pytest.fixture(scope="module")
