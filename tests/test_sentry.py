@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -510,6 +512,57 @@ async def test_errors_of_one_request_share_a_trace_and_continue_an_incoming_one(
     assert third["contexts"]["trace"]["trace_id"] == fourth["contexts"]["trace"]["trace_id"]
     assert third["contexts"]["trace"]["trace_id"] != first["contexts"]["trace"]["trace_id"]
     assert len(third["contexts"]["trace"]["trace_id"]) == 32
+
+
+async def test_requests_in_fresh_contexts_fork_prepared_scopes_and_keep_their_own_trace(
+    sentry_server: SentryStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # uvicorn runs each request in a copy of the server's context, where Sentry's scope
+    # variables were never set. Each request must still get scopes and a trace of its
+    # own, without the SDK building two new Scopes per request to fork from.
+    app = instrument(make_app(), settings_for(sentry_server.dsn))
+    created: list[object] = []
+    original_init = Scope.__init__
+
+    def counting_init(self: Scope, *args: Any, **kwargs: Any) -> None:
+        if threading.get_ident() == loop_thread:  # not the stand-in's server threads
+            created.append(self)
+        original_init(self, *args, **kwargs)
+
+    loop_thread = threading.get_ident()
+    async with lifespan(app):
+        loop = asyncio.get_running_loop()
+        # Whatever is made once per process is made by the first request.
+        await loop.create_task(asgi_request(app, "/items/1"), context=contextvars.Context())
+        monkeypatch.setattr(Scope, "__init__", counting_init)
+        for _ in range(3):
+            await loop.create_task(
+                asgi_request(app, "/payments", method="POST"), context=contextvars.Context()
+            )
+        monkeypatch.setattr(Scope, "__init__", original_init)
+        flush()
+    assert created == []
+    events = sentry_server.events()
+    assert len(events) == 6  # per request: the captured ValueError, the unhandled LookupError
+    traces = [event["contexts"]["trace"]["trace_id"] for event in events]
+    assert traces[0::2] == traces[1::2]  # the two events of one request share its trace
+    assert len(set(traces)) == 3
+    for event in events:
+        assert [c["message"] for c in event["breadcrumbs"]["values"]] == ["charging card"]
+
+
+async def test_requests_get_the_global_scope_but_not_the_servers_breadcrumbs(
+    sentry_server: SentryStandIn,
+) -> None:
+    app = instrument(make_app(), settings_for(sentry_server.dsn))
+    async with lifespan(app):
+        sentry_sdk.get_global_scope().set_tag("region", "eu-west")  # for every event
+        sentry_sdk.add_breadcrumb(message="server started")  # the server's own context
+        await asgi_request(app, "/items/0")
+        flush()
+    (event,) = sentry_server.events()
+    assert event["tags"]["region"] == "eu-west"
+    assert event["breadcrumbs"]["values"] == []
 
 
 async def test_events_carry_the_opentelemetry_trace_when_tracing_is_on(
