@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
@@ -10,14 +11,24 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Decision, Sampler, SamplingResult
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import TraceState
 
 from amani_observability import ObservabilitySettings, instrument, tracing
-from amani_observability._light_span import LightSpan, light_pipeline
+from amani_observability._light_span import LightSpan, _root_decision, light_pipeline
 from amani_observability.tracing import add_span_attributes, get_tracer
 from tests.conftest import lifespan
 
@@ -63,6 +74,7 @@ async def export(monkeypatch: pytest.MonkeyPatch, processor_type: type[Any]) -> 
             headers={"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
         )
         await c.get("/fail", headers={"X-Request-ID": "fail-1"})
+    provider.force_flush()
     return [seen, [comparable(span) for span in memory.get_finished_spans()]]
 
 
@@ -98,10 +110,11 @@ def strip_ids(spans: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+@pytest.mark.parametrize("processor_type", [SimpleSpanProcessor, BatchSpanProcessor])
 async def test_the_fast_span_exports_what_the_sdk_span_exports(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, processor_type: type[Any]
 ) -> None:
-    fast_seen, fast = await export(monkeypatch, SimpleSpanProcessor)
+    fast_seen, fast = await export(monkeypatch, processor_type)
     sdk_seen, sdk = await export(monkeypatch, SDKSpanProcessor)
     assert (fast_seen, sdk_seen) == (["LightSpan"], ["_Span"])
     assert strip_ids(fast) == strip_ids(sdk)
@@ -181,3 +194,67 @@ def test_a_light_span_ignores_changes_after_it_ended() -> None:
     [finished] = exported.get_finished_spans()
     assert (finished.name, dict(finished.attributes or {})) == ("GET", {"before": 1})
     assert span.is_recording() is False
+
+
+class RatioSubclass(TraceIdRatioBased):
+    """Not the SDK's exact sampler: it might look at more than the trace id."""
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        ParentBased(TraceIdRatioBased(0.25)),
+        ParentBased(TraceIdRatioBased(1.0)),
+        ParentBased(TraceIdRatioBased(0.0)),
+        TraceIdRatioBased(0.5),
+        ParentBased(ALWAYS_ON),
+        ALWAYS_ON,
+        ALWAYS_OFF,
+    ],
+    ids=str,
+)
+def test_root_spans_are_decided_exactly_as_the_sdks_sampler_decides(sampler: Sampler) -> None:
+    decide = _root_decision(sampler)
+    assert decide is not None
+    rng = random.Random(7)
+    trace_ids = [rng.getrandbits(128) or 1 for _ in range(5000)]
+    ours = [decide(trace_id) for trace_id in trace_ids]
+    theirs = [
+        sampler.should_sample(Context(), trace_id, "GET", SpanKind.SERVER).decision
+        is Decision.RECORD_AND_SAMPLE
+        for trace_id in trace_ids
+    ]
+    assert ours == theirs
+
+
+def test_other_samplers_are_asked_for_every_span() -> None:
+    assert _root_decision(RatioSubclass(0.5)) is None
+    assert _root_decision(ParentBased(RatioSubclass(0.5))) is None
+    assert _root_decision(RecordOnly()) is None
+
+
+def test_a_batch_processor_gets_the_span_itself_with_the_sdks_span_context() -> None:
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(exported))
+    pipeline = light_pipeline(provider, provider.get_tracer("t"))
+    assert pipeline is not None
+    assert pipeline.fast_context is True
+    assert pipeline.decide_root is not None
+    span = pipeline.start("GET", None)
+    assert isinstance(span, LightSpan)
+    context = span.get_span_context()
+    assert context == SpanContext(context.trace_id, context.span_id, False, TraceFlags(1))
+    assert (context.is_valid, context.is_remote, context.trace_state) == (True, False, TraceState())
+    span.own_attributes = {"http.request.method": "GET"}
+    span.end()
+    provider.force_flush()
+    (finished,) = exported.get_finished_spans()
+    assert finished is span
+    assert dict(finished.attributes or {}) == {"http.request.method": "GET"}
+    assert (finished.kind, finished.resource, finished.instrumentation_scope) == (
+        SpanKind.SERVER,
+        provider.resource,
+        provider.get_tracer("t")._instrumentation_scope,  # type: ignore[attr-defined]
+    )
+    provider.shutdown()

@@ -8,6 +8,14 @@ processors do nothing when a span starts, so when the provider is a plain SDK
 SDK's own samplers, we sample, keep the span's data in plain fields, and hand the
 processors a `ReadableSpan` at the end: what the exporter receives is the same.
 
+The same checks let three more per-span steps be done once: a root span's sampling
+decision is computed the way the SDK's own samplers compute it (`ParentBased` over a
+ratio or a constant), the span context is built without re-validating ids the SDK's
+random generator made, and a span ending goes straight into the batch processor's
+queue. `LightSpan` is itself the `ReadableSpan` the processors receive, as the SDK's
+own span used to be. Each shortcut is checked against the SDK at start-up and left out
+where the two disagree.
+
 `LightSpan` is a full recording span for the code that runs during the request:
 `add_span_attributes()`, `set_attribute()`, events, links, status and child spans all
 work (values set by the service are validated as the SDK would). Any other provider
@@ -31,9 +39,17 @@ from opentelemetry.sdk.trace import (
     TracerProvider,
 )
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
-from opentelemetry.sdk.trace.sampling import Decision, Sampler
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import (
+    Decision,
+    ParentBased,
+    Sampler,
+    StaticSampler,
+    TraceIdRatioBased,
+)
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util.types import Attributes, AttributeValue
 
@@ -45,10 +61,23 @@ _UNSET = Status(StatusCode.UNSET)
 _PASSIVE_PROCESSORS = (BatchSpanProcessor, SimpleSpanProcessor)
 
 
+# Decides a root span: True to record and sample, False to drop (see _root_decision).
+RootDecision = Callable[[int], bool]
+
+
 class LightPipeline:
     """What starting and ending a span needs from one provider, looked up once."""
 
-    __slots__ = ("generate_span_id", "generate_trace_id", "on_end", "resource", "sampler", "scope")
+    __slots__ = (
+        "decide_root",
+        "fast_context",
+        "generate_span_id",
+        "generate_trace_id",
+        "on_end",
+        "resource",
+        "sampler",
+        "scope",
+    )
 
     def __init__(
         self,
@@ -58,17 +87,40 @@ class LightPipeline:
         resource: Any,
         scope: InstrumentationScope,
         on_end: Callable[[ReadableSpan], None],
+        decide_root: RootDecision | None = None,
+        fast_context: bool = False,
     ) -> None:
         self.sampler = sampler
         self.generate_trace_id = generate_trace_id
         self.generate_span_id = generate_span_id
         self.resource = resource
         self.scope = scope
+        # Called with sampled spans only.
         self.on_end = on_end
+        self.decide_root = decide_root
+        self.fast_context = fast_context
 
     def start(self, name: str, parent: Context | None) -> trace.Span:
         """A server span, recording or not as the sampler decides (as Tracer.start_span)."""
         parent_context = trace.get_current_span(parent).get_span_context()
+        decide_root = self.decide_root
+        if not parent_context.is_valid and decide_root is not None:
+            # A new trace, decided as the sampler would, without building its result.
+            trace_id = self.generate_trace_id()
+            if not decide_root(trace_id):
+                return NonRecordingSpan(
+                    SpanContext(trace_id, self.generate_span_id(), False, _NOT_SAMPLED)
+                )
+            if self.fast_context:
+                # SpanContext.__new__ re-checks the ids' range; the SDK's generator only
+                # makes valid ones. Layout checked at start-up (_span_context_layout_holds).
+                context = tuple.__new__(
+                    SpanContext,
+                    (trace_id, self.generate_span_id(), False, _SAMPLED, DEFAULT_TRACE_STATE, True),
+                )
+            else:
+                context = SpanContext(trace_id, self.generate_span_id(), False, _SAMPLED)
+            return LightSpan(self, name, context, None, time_ns())
         if parent_context.is_valid:
             trace_id = parent_context.trace_id
         else:
@@ -103,18 +155,88 @@ def light_pipeline(provider: object, tracer: object) -> LightPipeline | None:
     if not isinstance(scope, InstrumentationScope) or (callable(is_enabled) and not is_enabled()):
         return None
     ids = provider.id_generator
+    random_ids = type(ids) is RandomIdGenerator
     return LightPipeline(
         provider.sampler,
         ids.generate_trace_id,
         ids.generate_span_id,
         provider.resource,
         scope,
-        processor.on_end,
+        _batch_emit(processors) or processor.on_end,
+        # Both shortcuts rely on ids from the SDK's generator: never zero, never too long.
+        decide_root=_root_decision(provider.sampler) if random_ids else None,
+        fast_context=random_ids and _span_context_layout_holds(),
     )
 
 
-class LightSpan(trace.Span):
-    """A recording span whose data become a `ReadableSpan` for the processors at end()."""
+def _root_decision(sampler: Sampler) -> RootDecision | None:
+    """How the SDK's own sampler decides a span without a parent, as a plain function.
+
+    `ParentBased` hands a root span to its root sampler; `TraceIdRatioBased` samples when
+    the trace id's low 64 bits are below its bound; `ALWAYS_ON`/`ALWAYS_OFF` are constant.
+    Any other sampler (a subclass included) is asked for every span. The function is
+    checked against the sampler itself before it is used.
+    """
+    root = sampler._root if type(sampler) is ParentBased else sampler
+    if type(root) is TraceIdRatioBased:
+        limit, bound = TraceIdRatioBased.TRACE_ID_LIMIT, root.bound
+
+        def by_ratio(trace_id: int) -> bool:
+            return trace_id & limit < bound
+
+        decide: RootDecision = by_ratio
+    elif type(root) is StaticSampler:
+        constant = root._decision is Decision.RECORD_AND_SAMPLE
+
+        def always(trace_id: int) -> bool:
+            return constant
+
+        decide = always
+    else:
+        return None
+    for trace_id in _PROBE_TRACE_IDS:
+        result = sampler.should_sample(Context(), trace_id, "probe", _SERVER)
+        if decide(trace_id) != (result.decision is Decision.RECORD_AND_SAMPLE) or (
+            result.decision is Decision.RECORD_ONLY
+        ):
+            return None
+    return decide
+
+
+# Trace ids that fall on both sides of any ratio's bound.
+_PROBE_TRACE_IDS = tuple(
+    (high << 64) | low
+    for high in (1, 0xFFFF_FFFF_FFFF_FFFF)
+    for low in (0, 1, 1 << 32, 1 << 62, 1 << 63, (1 << 64) - 1)
+)
+
+
+def _span_context_layout_holds() -> bool:
+    """Whether SpanContext is still the tuple the fast path builds directly."""
+    made = SpanContext(1, 2, False, _SAMPLED)
+    direct = tuple.__new__(SpanContext, (1, 2, False, _SAMPLED, DEFAULT_TRACE_STATE, True))
+    return type(made) is SpanContext and tuple(made) == tuple(direct) and direct.is_valid
+
+
+def _batch_emit(processors: tuple[Any, ...]) -> Callable[[ReadableSpan], None] | None:
+    """A lone BatchSpanProcessor's queue append, or None.
+
+    Its on_end() only checks that the span is sampled (the caller does) before handing it
+    to its batcher; calling the batcher directly skips two Python calls per span.
+    """
+    if len(processors) != 1 or type(processors[0]) is not BatchSpanProcessor:
+        return None
+    emit = getattr(getattr(processors[0], "_batch_processor", None), "emit", None)
+    return emit if callable(emit) else None
+
+
+class LightSpan(trace.Span, ReadableSpan):
+    """A recording span that is, once ended, the `ReadableSpan` the processors receive."""
+
+    # ReadableSpan's fields that are the same for every server span.
+    _kind = _SERVER
+    _instrumentation_info = None
+    _context: SpanContext  # never None here, unlike a ReadableSpan's
 
     def __init__(
         self,
@@ -130,10 +252,12 @@ class LightSpan(trace.Span):
         self._parent = parent
         self._start_time = start_time
         self._end_time: int | None = None
-        # Our own attributes, known-good; set by the middleware at the end.
+        self._resource = pipeline.resource
+        self._instrumentation_scope = pipeline.scope
+        # Our own attributes, known-good; set by the middleware before end().
         self.own_attributes: dict[str, AttributeValue] = {}
-        # The service's, validated and bounded as the SDK would.
-        self._attributes: BoundedAttributes | None = None
+        # The service's, validated and bounded as the SDK would; at end(), all of them.
+        self._attributes: Any = None
         self._events: list[Event] = []
         self._links: list[Link] = []
         self._status = _UNSET
@@ -220,28 +344,15 @@ class LightSpan(trace.Span):
         if self._end_time is not None:
             return
         self._end_time = end_time or time_ns()
-        attributes: dict[str, AttributeValue]
         if self._attributes is None:
-            attributes = self.own_attributes
+            self._attributes = self.own_attributes
         else:
             attributes = dict(self._attributes)
             attributes.update(self.own_attributes)
-        self._pipeline.on_end(
-            ReadableSpan(
-                name=self._name,
-                context=self._context,
-                parent=self._parent,
-                resource=self._pipeline.resource,
-                attributes=attributes,
-                events=tuple(self._events),
-                links=tuple(self._links),
-                kind=_SERVER,
-                status=self._status,
-                start_time=self._start_time,
-                end_time=self._end_time,
-                instrumentation_scope=self._pipeline.scope,
-            )
-        )
+            self._attributes = attributes
+        if self._context.trace_flags.sampled:
+            # Recorded but not sampled: the SDK's processors would drop it unexported.
+            self._pipeline.on_end(self)
 
     def __repr__(self) -> str:
         return f'LightSpan(name="{self._name}", context={self._context})'

@@ -464,7 +464,7 @@ def _set_attributes(span: Any, attributes: dict[str, Any]) -> None:
     public call does the work.
     """
     if type(span) is LightSpan:
-        span.own_attributes.update(attributes)
+        span.own_attributes = attributes  # the middleware's own dict, built for this span
         return
     store = getattr(span, "_attributes", None)
     values = getattr(store, "_dict", None)
