@@ -33,6 +33,18 @@ def header_value(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+def app_path(scope: Scope) -> tuple[str, str]:
+    """(the path relative to the app, the root path it was found under).
+
+    Behind a proxy prefix (uvicorn --root-path) paths are matched app-relative.
+    """
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if root_path and path.startswith(root_path):
+        return path[len(root_path) :], root_path
+    return path, root_path
+
+
 def normalise_method(method: str) -> str:
     return method if method in KNOWN_METHODS else OTHER_METHOD
 

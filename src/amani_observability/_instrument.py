@@ -21,9 +21,10 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from ._asgi import ASGIApp, Message, Receive, Scope, Send
+from ._stack import StackMiddleware
 from .exceptions import ConfigurationError
 from .logs import AccessLog, configure_logging
 from .request_id import RequestIDMiddleware
@@ -37,6 +38,8 @@ SHUTDOWN_TIMEOUT = 5.0
 
 AppT = TypeVar("AppT")
 Layer = Callable[[ASGIApp], ASGIApp]
+# A layer and what it is: "request_id", "tracing", "sentry" or "metrics".
+_Kind = Literal["request_id", "tracing", "sentry", "metrics"]
 
 
 class Lifecycle:
@@ -97,9 +100,22 @@ def instrument(app: AppT, settings: ObservabilitySettings | None = None) -> AppT
     layers = _build_layers(settings, lifecycle)
 
     def wrap(inner: ASGIApp) -> ASGIApp:
-        for layer in layers:  # innermost first
-            inner = layer(inner)
-        return inner
+        # The middlewares composed in order, and in front of them the one layer that does
+        # their work for HTTP requests in a single pass (see _stack.py).
+        outer = inner
+        built: dict[str, Any] = {}
+        for kind, layer in layers:  # innermost first
+            outer = built[kind] = layer(outer)
+        if not built:
+            return inner
+        return StackMiddleware(
+            outer,
+            inner,
+            request_ids=built.get("request_id"),
+            tracing=built.get("tracing"),
+            sentry=built.get("sentry"),
+            metrics=built.get("metrics"),
+        )
 
     if _is_starlette(app):
         return _instrument_starlette(app, wrap, lifecycle)  # type: ignore[no-any-return]
@@ -110,9 +126,11 @@ def instrument(app: AppT, settings: ObservabilitySettings | None = None) -> AppT
     return wrapped  # type: ignore[return-value]
 
 
-def _build_layers(settings: ObservabilitySettings, lifecycle: Lifecycle) -> list[Layer]:
+def _build_layers(
+    settings: ObservabilitySettings, lifecycle: Lifecycle
+) -> list[tuple[_Kind, Layer]]:
     """The middleware factories, innermost first. Each component is built once here."""
-    layers: list[Layer] = []
+    layers: list[tuple[_Kind, Layer]] = []
 
     # alerts: no middleware layer. Registered first so the dispatcher starts before the
     # other components and is drained last (they may alert while shutting down).
@@ -126,13 +144,13 @@ def _build_layers(settings: ObservabilitySettings, lifecycle: Lifecycle) -> list
     if settings.metrics_enabled:
         from .metrics import metrics_layer
 
-        layers.append(metrics_layer(settings, lifecycle))
+        layers.append(("metrics", metrics_layer(settings, lifecycle)))
 
     # Sentry: see sentry.py
     if settings.sentry_dsn is not None:
         from .sentry import sentry_layer
 
-        layers.append(sentry_layer(settings, lifecycle))
+        layers.append(("sentry", sentry_layer(settings, lifecycle)))
     else:
         # Say so once, without importing sentry_sdk for a feature that is off.
         lifecycle.on_startup(
@@ -143,7 +161,7 @@ def _build_layers(settings: ObservabilitySettings, lifecycle: Lifecycle) -> list
     if settings.tracing_enabled:
         from .tracing import tracing_layer
 
-        layers.append(tracing_layer(settings, lifecycle))
+        layers.append(("tracing", tracing_layer(settings, lifecycle)))
 
     access_log = (
         AccessLog(excluded_paths=_access_log_excluded_paths(settings))
@@ -153,7 +171,10 @@ def _build_layers(settings: ObservabilitySettings, lifecycle: Lifecycle) -> list
     if settings.request_id_enabled or access_log is not None:
         header = settings.request_id_header
         layers.append(
-            lambda inner: RequestIDMiddleware(inner, header=header, access_log=access_log)
+            (
+                "request_id",
+                lambda inner: RequestIDMiddleware(inner, header=header, access_log=access_log),
+            )
         )
     return layers
 

@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar, Token
 from time import time_ns
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
@@ -49,6 +51,7 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import propagation as otel_propagation
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util.types import Attributes, AttributeValue
@@ -59,6 +62,58 @@ _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _UNSET = Status(StatusCode.UNSET)
 # The processors whose on_start() does nothing, so skipping it changes nothing.
 _PASSIVE_PROCESSORS = (BatchSpanProcessor, SimpleSpanProcessor)
+
+
+# --- the current context, without the API's four calls per look -----------------------------
+
+# OpenTelemetry keeps the current Context in one ContextVar when its runtime context is
+# the default ContextVarsRuntimeContext (OTEL_PYTHON_CONTEXT unset): reading and setting
+# that variable directly is what get_current(), attach() and detach() do, minus two to
+# four Python calls each. Any other runtime context goes through the API.
+_runtime_context = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+_context_var: ContextVar[Context] | None = (
+    getattr(_runtime_context, "_current_context", None)
+    if type(_runtime_context).__name__ == "ContextVarsRuntimeContext"
+    else None
+)
+if not isinstance(_context_var, ContextVar):
+    _context_var = None
+_SPAN_KEY: str | None = getattr(otel_propagation, "_SPAN_KEY", None)
+
+
+def current_context() -> Context:
+    """The current OpenTelemetry Context."""
+    if _context_var is None:
+        return otel_context.get_current()
+    return _context_var.get()
+
+
+def span_of(context: Context) -> trace.Span:
+    """The span a Context holds, or the invalid span (as trace.get_current_span())."""
+    if _SPAN_KEY is None:
+        return trace.get_current_span(context)
+    span = context.get(_SPAN_KEY)
+    if span is None or not isinstance(span, trace.Span):
+        return trace.INVALID_SPAN
+    return span
+
+
+def attach_span(span: trace.Span, base: Context) -> object:
+    """Make `base` plus `span` the current Context; a token for detach()."""
+    if _context_var is None or _SPAN_KEY is None:
+        return otel_context.attach(trace.set_span_in_context(span, base))
+    return _context_var.set(Context({**base, _SPAN_KEY: span}))
+
+
+def detach(token: object) -> None:
+    """Restore the Context that was current before attach_span()."""
+    if _context_var is not None and isinstance(token, Token):
+        try:
+            _context_var.reset(token)
+            return
+        except ValueError:  # made in another context: let the API report it
+            pass
+    otel_context.detach(token)  # type: ignore[arg-type]
 
 
 # Decides a root span: True to record and sample, False to drop (see _root_decision).
@@ -100,9 +155,17 @@ class LightPipeline:
         self.decide_root = decide_root
         self.fast_context = fast_context
 
-    def start(self, name: str, parent: Context | None) -> trace.Span:
-        """A server span, recording or not as the sampler decides (as Tracer.start_span)."""
-        parent_context = trace.get_current_span(parent).get_span_context()
+    def start(
+        self, name: str, parent: Context | None, parent_span: trace.Span | None = None
+    ) -> trace.Span:
+        """A server span, recording or not as the sampler decides (as Tracer.start_span).
+
+        `parent_span` is the span `parent` (or, when None, the current context) holds,
+        when the caller has already looked it up.
+        """
+        if parent_span is None:
+            parent_span = trace.get_current_span(parent)
+        parent_context = parent_span.get_span_context()
         decide_root = self.decide_root
         if not parent_context.is_valid and decide_root is not None:
             # A new trace, decided as the sampler would, without building its result.
@@ -258,8 +321,9 @@ class LightSpan(trace.Span, ReadableSpan):
         self.own_attributes: dict[str, AttributeValue] = {}
         # The service's, validated and bounded as the SDK would; at end(), all of them.
         self._attributes: Any = None
-        self._events: list[Event] = []
-        self._links: list[Link] = []
+        # Most server spans get neither: a list is made on the first one.
+        self._events: list[Event] | tuple[()] = ()
+        self._links: list[Link] | tuple[()] = ()
         self._status = _UNSET
         self._hex_ids: tuple[str, str] | None = None
 
@@ -299,11 +363,19 @@ class LightSpan(trace.Span, ReadableSpan):
         if self._end_time is not None:
             return
         bounded = BoundedAttributes(attributes=attributes, immutable=True)
-        self._events.append(Event(name, bounded, timestamp or time_ns()))
+        event = Event(name, bounded, timestamp or time_ns())
+        if isinstance(self._events, list):
+            self._events.append(event)
+        else:
+            self._events = [event]
 
     def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
         if self._end_time is None and context.is_valid:
-            self._links.append(Link(context, BoundedAttributes(attributes=attributes)))
+            link = Link(context, BoundedAttributes(attributes=attributes))
+            if isinstance(self._links, list):
+                self._links.append(link)
+            else:
+                self._links = [link]
 
     def update_name(self, name: str) -> None:
         if self._end_time is None:

@@ -38,10 +38,12 @@ from ._asgi import (
     Receive,
     Scope,
     Send,
+    app_path,
     compile_paths,
     header_value,
     route_template,
 )
+from ._correlation import TraceIds
 
 logger = logging.getLogger("amani_observability.metrics")
 
@@ -160,11 +162,7 @@ class PrometheusMiddleware:
             # Websockets and lifespan are not HTTP requests: pass them through.
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
-        entry_root_path = scope.get("root_path", "")
-        if entry_root_path and path.startswith(entry_root_path):
-            # Behind a proxy prefix (uvicorn --root-path) paths are matched app-relative.
-            path = path[len(entry_root_path) :]
+        path, entry_root_path = app_path(scope)
         if path == self.metrics_path and self.endpoint is not None:
             await self.endpoint(scope, receive, send)
             return
@@ -172,16 +170,7 @@ class PrometheusMiddleware:
             await self.app(scope, receive, send)
             return
 
-        method = scope["method"]
-        if method not in KNOWN_METHODS:
-            method = OTHER_METHOD
-        # The router has not run yet, so the gauge's endpoint is predicted from the
-        # app's route table; the same child is decremented, whatever the router decides.
-        gauge_key = (method, self._routes.predict(scope, path))
-        gauge = self._gauges.get(gauge_key)
-        if gauge is None:
-            gauge = self._gauges[gauge_key] = _in_progress(self.in_progress.labels(*gauge_key))
-        gauge[0](None)
+        method, gauge = self.begin(scope, path)
         status = 0
         finished = False
         client_gone = False
@@ -206,7 +195,7 @@ class PrometheusMiddleware:
                     client_gone = True
                     raise
                 finally:
-                    self._finish(scope, entry_root_path, method, status, started, gauge)
+                    self.finish(scope, entry_root_path, method, status, started, gauge)
                 return
             try:
                 await send(message)
@@ -222,23 +211,37 @@ class PrometheusMiddleware:
                 template = route_template(scope, entry_root_path) or UNMATCHED_ROUTE
             else:
                 finished = True
-                template = self._finish(scope, entry_root_path, method, status, started, gauge)
+                template = self.finish(scope, entry_root_path, method, status, started, gauge)
             if not client_gone:
-                self._count_error(type(exc).__name__, template)
+                self.count_error(type(exc).__name__, template)
             raise
         except BaseException:
             # Cancellation: still balance the gauge and count the request.
             if not finished:
                 finished = True
-                self._finish(scope, entry_root_path, method, status, started, gauge)
+                self.finish(scope, entry_root_path, method, status, started, gauge)
             raise
         if not finished:
             # Returned without a final body: a stream cut short by a disconnect, or
             # no response at all (the server then answers 500).
             finished = True
-            self._finish(scope, entry_root_path, method, status, started, gauge)
+            self.finish(scope, entry_root_path, method, status, started, gauge)
 
-    def _finish(
+    def begin(self, scope: Scope, path: str) -> tuple[str, _Gauge]:
+        """Count the request in progress; its method label and in-progress gauge."""
+        method = scope["method"]
+        if method not in KNOWN_METHODS:
+            method = OTHER_METHOD
+        # The router has not run yet, so the gauge's endpoint is predicted from the
+        # app's route table; the same child is decremented, whatever the router decides.
+        gauge_key = (method, self._routes.predict(scope, path))
+        gauge = self._gauges.get(gauge_key)
+        if gauge is None:
+            gauge = self._gauges[gauge_key] = _in_progress(self.in_progress.labels(*gauge_key))
+        gauge[0](None)
+        return method, gauge
+
+    def finish(
         self,
         scope: Scope,
         entry_root_path: str,
@@ -246,8 +249,13 @@ class PrometheusMiddleware:
         status: int,
         started: float,
         gauge: _Gauge,
+        trace: TraceIds | bool | None = True,
     ) -> str:
-        """Record one finished request; returns its endpoint label."""
+        """Record one finished request; returns its endpoint label.
+
+        `trace` is the request's (trace_id, span_id) for the exemplar when the caller
+        holds its span; by default they are read from the current span.
+        """
         elapsed = perf_counter() - started
         gauge[1]()
         template = route_template(scope, entry_root_path) or UNMATCHED_ROUTE
@@ -261,12 +269,9 @@ class PrometheusMiddleware:
         series[1](elapsed)
         bucket = bisect_left(series[2], elapsed)
         series[3][bucket](1)
-        trace = _current_trace_ids()
-        if (
-            trace is not None
-            and series[4] is not None
-            and len(trace[0]) + len(trace[1]) <= _EXEMPLAR_ID_ROOM
-        ):
+        if trace is True:
+            trace = _current_trace_ids()
+        if trace and series[4] is not None and len(trace[0]) + len(trace[1]) <= _EXEMPLAR_ID_ROOM:
             # What Histogram.observe(exemplar=...) stores, minus re-validating label
             # names we know are valid: the request's trace on the bucket it fell in.
             series[4][bucket](
@@ -299,7 +304,7 @@ class PrometheusMiddleware:
         self._finished[(method, template, code)] = series
         return series
 
-    def _count_error(self, error_type: str, template: str) -> None:
+    def count_error(self, error_type: str, template: str) -> None:
         key = (error_type, template)
         child = self._errors.get(key)
         if child is None:

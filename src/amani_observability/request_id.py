@@ -69,6 +69,23 @@ def current_request_id() -> str | None:
     return _current.get()
 
 
+def assign_request_id(scope: Scope, incoming: bytes | None) -> str:
+    """The request's ID: the incoming one when it is safe, else a new one; kept in
+    `scope["state"]` for `get_request_id(request)`."""
+    if incoming is not None and _accept(incoming):
+        request_id = incoming.decode("ascii")
+    else:
+        if incoming is not None:
+            logger.warning(REJECTED_REQUEST_ID)
+        request_id = new_request_id()
+    state = scope.get("state")
+    if state is None:
+        scope["state"] = {"request_id": request_id}
+    else:
+        state["request_id"] = request_id
+    return request_id
+
+
 class RequestIDMiddleware:
     """Give every HTTP request and websocket connection an ID, and echo it back."""
 
@@ -90,19 +107,8 @@ class RequestIDMiddleware:
             await self.app(scope, receive, send)
             return
 
-        incoming = header_value(scope, self.header)
-        if incoming is not None and _accept(incoming):
-            request_id = incoming.decode("ascii")
-        else:
-            if incoming is not None:
-                logger.warning(REJECTED_REQUEST_ID)
-            request_id = new_request_id()
+        request_id = assign_request_id(scope, header_value(scope, self.header))
         header_pair = (self.header, request_id.encode("ascii"))
-        state = scope.get("state")
-        if state is None:
-            scope["state"] = {"request_id": request_id}
-        else:
-            state["request_id"] = request_id
 
         access_log = self.access_log
         if access_log is not None and not access_log.wants(scope):
@@ -130,15 +136,12 @@ class RequestIDMiddleware:
         try:
             await self.app(scope, receive, send_with_request_id)
         except Exception as exc:
-            # The server logs this exception after our context is gone; the JSON log
-            # filter reads the ID from here so that line still names its request.
-            with contextlib.suppress(AttributeError):
-                exc._amani_request_id = request_id  # type: ignore[attr-defined]
+            tag_exception(exc, request_id)
             if scope_type == "http" and not response_started:
                 # A bare ASGI app raised before responding: answer the 500 ourselves so
                 # it carries the ID, then re-raise so the server logs the error as usual.
                 status = 500
-                await _send_internal_error(send, header_pair)
+                await send_internal_error(send, header_pair)
             elif status == 0:
                 status = 500
             raise
@@ -148,7 +151,14 @@ class RequestIDMiddleware:
             _current.reset(token)
 
 
-async def _send_internal_error(send: Send, header_pair: tuple[bytes, bytes]) -> None:
+def tag_exception(exc: BaseException, request_id: str) -> None:
+    """Name the request on an escaping exception: the server logs it after our context is
+    gone, and the JSON log filter reads the ID from here so that line names its request."""
+    with contextlib.suppress(AttributeError):
+        exc._amani_request_id = request_id  # type: ignore[attr-defined]
+
+
+async def send_internal_error(send: Send, header_pair: tuple[bytes, bytes]) -> None:
     try:
         await send(
             {

@@ -240,8 +240,8 @@ class SentryMiddleware:
             await self.app(scope, receive, send)
             return
         entry_root_path = scope.get("root_path", "")
-        processor = _request_processor(scope, entry_root_path, current_request_id())
-        isolation_token, current_token = enter_request_scopes(processor, _trace_headers(scope))
+        processor = request_processor(scope, entry_root_path, current_request_id())
+        isolation_token, current_token = enter_request_scopes(processor, trace_headers(scope))
         try:
             if self.transactions and not self.excluded_path(scope["path"]):
                 await self._traced(scope, receive, send, entry_root_path)
@@ -249,7 +249,7 @@ class SentryMiddleware:
             try:
                 await self.app(scope, receive, send)
             except Exception as exc:
-                _capture_unhandled(exc)
+                capture_unhandled(exc)
                 raise
         finally:
             exit_request_scopes(isolation_token, current_token)
@@ -259,7 +259,7 @@ class SentryMiddleware:
     ) -> None:
         """Run the request inside a performance transaction continuing the caller's trace."""
         transaction = sentry_sdk.continue_trace(
-            _trace_headers(scope),
+            trace_headers(scope),
             op=f"{scope['type']}.server",
             name=scope["path"],  # renamed to the route template once routing is done
             source=TransactionSource.URL,
@@ -278,7 +278,7 @@ class SentryMiddleware:
                 await self.app(scope, receive, send_with_status)
             except Exception as exc:
                 transaction.set_status("internal_error")
-                _capture_unhandled(exc)
+                capture_unhandled(exc)
                 raise
             finally:
                 transaction.name = _endpoint(scope, entry_root_path)
@@ -292,6 +292,7 @@ class SentryMiddleware:
 # them), or one that start-up log lines filled with breadcrumbs (each fork would copy
 # them). Data meant for every request belongs on the global scope, which events still get.
 _blank_scopes: tuple[_SentryScope, _SentryScope] | None = None
+_copy_scope: Callable[[_SentryScope], _SentryScope] = _SentryScope.__copy__
 
 
 def _blank() -> tuple[_SentryScope, _SentryScope]:
@@ -305,22 +306,26 @@ def _blank() -> tuple[_SentryScope, _SentryScope]:
 
 
 def enter_request_scopes(
-    processor: Callable[[Any, Any], Any], trace_headers: dict[str, str]
+    processor: Callable[[Any, Any], Any], trace_headers: dict[str, str] | None
 ) -> tuple[Token[Any], Token[Any]]:
     """Make a fresh isolation and current scope current for one request.
 
     What `sentry_sdk.isolation_scope()` does (fork both, make both current), without its
     generator context manager, plus what Sentry's ASGI integration does at the start of
-    a request: a trace of its own, continuing an incoming `sentry-trace` header.
+    a request: a trace of its own, continuing an incoming `sentry-trace` header. With
+    `trace_headers=None` the request keeps no Sentry trace of its own: the caller knows
+    a sampled OpenTelemetry span will be current, whose ids events and outgoing requests
+    then carry instead.
     """
     blank_isolation, blank_current = _blank_scopes or _blank()
-    isolation = blank_isolation.fork()
+    # Scope.__copy__ is what fork() ends in, two Python calls later.
+    isolation = _copy_scope(blank_isolation)
     isolation.add_event_processor(processor)
     if trace_headers:
         isolation.generate_propagation_context(trace_headers)
-    else:
+    elif trace_headers is not None:
         isolation.set_new_propagation_context()  # ids are drawn only if ever read
-    current = blank_current.fork()
+    current = _copy_scope(blank_current)
     # The current scope's own propagation context would win over the request's: drop it,
     # so events and outgoing sentry-trace headers use the isolation scope's.
     current._propagation_context = None
@@ -332,7 +337,7 @@ def exit_request_scopes(isolation_token: Token[Any], current_token: Token[Any]) 
     _isolation_scope_var.reset(isolation_token)
 
 
-def _capture_unhandled(exc: BaseException) -> None:
+def capture_unhandled(exc: BaseException) -> None:
     """Report an exception escaping the app; never raise from here."""
     try:
         client = sentry_sdk.get_client()
@@ -350,7 +355,7 @@ def _endpoint(scope: Scope, entry_root_path: str) -> str:
     return _route_template(scope, entry_root_path) or UNMATCHED_ROUTE
 
 
-def _trace_headers(scope: Scope) -> dict[str, str]:
+def trace_headers(scope: Scope) -> dict[str, str]:
     headers: dict[str, str] = {}
     for key, value in scope.get("headers", ()):
         if key == b"sentry-trace" or key == b"baggage":
@@ -358,7 +363,7 @@ def _trace_headers(scope: Scope) -> dict[str, str]:
     return headers
 
 
-def _request_processor(
+def request_processor(
     scope: Scope, entry_root_path: str, request_id: str | None
 ) -> Callable[[Any, Any], Any]:
     """The event processor of one request: everything an event needs, built on demand."""

@@ -46,7 +46,15 @@ from ._asgi import (
     route_template,
 )
 from ._correlation import TraceIds
-from ._light_span import LightPipeline, LightSpan, light_pipeline
+from ._light_span import (
+    LightPipeline,
+    LightSpan,
+    attach_span,
+    current_context,
+    detach,
+    light_pipeline,
+    span_of,
+)
 from ._tracing_export import ExportGuard, quiet_exporter_logs, shut_down
 from ._version import __version__
 from .request_id import current_request_id
@@ -286,45 +294,8 @@ class TracingMiddleware:
                 _quiet_fastapi_tracing(scope.get("app"))
             await self.app(scope, receive, send)
             return
-        tracer = self.tracing.tracer
-        if tracer is None:
-            await self.app(scope, receive, send)
-            return
-        app = scope.get("app")
-        if app is not self._quieted:
-            # The lifespan did not pass through us (instrument() on a running app, or a
-            # test driving app.router.lifespan_context): quiet FastAPI's span from now on.
-            _quiet_fastapi_tracing(app)
-            self._quieted = app
-        native = scope.get("fastapi.telemetry")
-        if native is not None and getattr(native, "span", None) is not None:
-            # FastAPI opened this request's server span before we could stop it (see
-            # above): one server span per request, so for this one it is FastAPI's.
-            await self.app(scope, receive, send)
-            return
-        # A FastAPI app mounted below us checks this key and then opens no span of its own
-        # (excluded paths included).
-        scope.setdefault("fastapi.telemetry", None)
-        if self.excluded(scope["path"]):
-            await self.app(scope, receive, send)
-            return
-
-        try:
-            name, attributes, parent = _start_attributes(scope, self.tracing.fields)
-            light = self.tracing.light
-            if light is not None:
-                span = light.start(name, parent)
-            elif self.tracing.early_attributes:
-                span = tracer.start_span(name, parent, _SERVER, attributes)
-                attributes = {}
-            else:
-                # The sampler ignores attributes: hand them over once, at the end, with
-                # the rest (the SDK validates start attributes twice, for the sampler
-                # and for the span, the largest part of a span's cost).
-                span = tracer.start_span(name, parent, _SERVER)
-            token = otel_context.attach(trace.set_span_in_context(span, parent))
-        except Exception:  # observability must never break the request
-            logger.exception("could not start the request's span")
+        started = self.begin(scope)
+        if started is None:
             await self.app(scope, receive, send)
             return
 
@@ -352,25 +323,108 @@ class TracingMiddleware:
         try:
             await self.app(scope, receive, send_traced)
         except Exception as exc:
-            if span.is_recording() and not _normal_close(exc):
-                error_type = _type_name(type(exc))
-                span.record_exception(exc)
+            error_type = record_error(started[0], exc)
             raise
         finally:
-            try:
-                if span.is_recording():
-                    _end_attributes(
-                        span, name, attributes, scope, entry_root_path, status_code, error_type
-                    )
-                span.end(end_time)
-            except Exception:  # never replace the app's own exception with ours
-                logger.exception("could not end the request's span")
-            finally:
-                otel_context.detach(token)
+            finish(started, scope, entry_root_path, status_code, error_type, end_time)
+
+    def begin(self, scope: Scope, request_id: str | None = None) -> Started | None:
+        """Start this request's server span and make it current; None when it gets none.
+
+        `request_id` defaults to the current one (set by the request ID middleware).
+        """
+        tracer = self.tracing.tracer
+        if tracer is None:
+            return None  # before start-up or after shutdown: requests pass through
+        app = scope.get("app")
+        if app is not self._quieted:
+            # The lifespan did not pass through us (instrument() on a running app, or a
+            # test driving app.router.lifespan_context): quiet FastAPI's span from now on.
+            _quiet_fastapi_tracing(app)
+            self._quieted = app
+        native = scope.get("fastapi.telemetry")
+        if native is not None and getattr(native, "span", None) is not None:
+            # FastAPI opened this request's server span before we could stop it (see
+            # above): one server span per request, so for this one it is FastAPI's.
+            return None
+        # A FastAPI app mounted below us checks this key and then opens no span of its own
+        # (excluded paths included).
+        scope.setdefault("fastapi.telemetry", None)
+        if self.excluded(scope["path"]):
+            return None
+        try:
+            name, attributes, parent = _start_attributes(
+                scope, self.tracing.fields, request_id or current_request_id()
+            )
+            base = parent if parent is not None else current_context()
+            light = self.tracing.light
+            if light is not None:
+                span = light.start(name, parent, span_of(base))
+            elif self.tracing.early_attributes:
+                span = tracer.start_span(name, parent, _SERVER, attributes)
+                attributes = {}
+            else:
+                # The sampler ignores attributes: hand them over once, at the end, with
+                # the rest (the SDK validates start attributes twice, for the sampler
+                # and for the span, the largest part of a span's cost).
+                span = tracer.start_span(name, parent, _SERVER)
+            token = attach_span(span, base)
+        except Exception:  # observability must never break the request
+            logger.exception("could not start the request's span")
+            return None
+        return span, token, name, attributes
+
+
+# A started server span: (span, context token, initial name, attributes to set at the end).
+Started = tuple[trace.Span, object, str, dict[str, Any]]
+
+
+def sampled_ids(started: Started) -> TraceIds | bool | None:
+    """The started span's (trace_id, span_id) in hex when sampled, else None; True when
+    only a lookup of the current span can tell (an SDK span)."""
+    span = started[0]
+    if type(span) is LightSpan:
+        return span.hex_ids()
+    return True
+
+
+def record_error(span: trace.Span, exc: BaseException) -> str | None:
+    """Record an exception escaping the app on the span; its error.type, or None."""
+    if span.is_recording() and not _normal_close(exc):
+        span.record_exception(exc)
+        return _type_name(type(exc))
+    return None
+
+
+def finish(
+    started: Started,
+    scope: Scope,
+    entry_root_path: str,
+    status_code: int,
+    error_type: str | None,
+    end_time: int | None,
+    route: str | bool | None = True,
+) -> None:
+    """End the span with what the response told us, and restore the caller's context.
+
+    `route` is the matched route template when the caller has it (None: no route
+    matched); by default it is read from the scope.
+    """
+    span, token, name, attributes = started
+    try:
+        if span.is_recording():
+            if route is True:
+                route = route_template(scope, entry_root_path)
+            _end_attributes(span, name, attributes, scope, route, status_code, error_type)  # type: ignore[arg-type]
+        span.end(end_time)
+    except Exception:  # never replace the app's own exception with ours
+        logger.exception("could not end the request's span")
+    finally:
+        detach(token)
 
 
 def _start_attributes(
-    scope: Scope, fields: frozenset[bytes]
+    scope: Scope, fields: frozenset[bytes], request_id: str | None
 ) -> tuple[str, dict[str, Any], otel_context.Context | None]:
     """The span's initial name and attributes, and the caller's trace context if any."""
     is_http = scope["type"] == "http"
@@ -416,7 +470,6 @@ def _start_attributes(
         attributes["client.address"] = client[0]
     if agent is not None:
         attributes["user_agent.original"] = agent.decode("latin-1")
-    request_id = current_request_id()
     if request_id is not None:
         attributes[REQUEST_ID_ATTRIBUTE] = request_id
     parent = None
@@ -434,12 +487,11 @@ def _end_attributes(
     name: str,
     attributes: dict[str, Any],
     scope: Scope,
-    entry_root_path: str,
+    route: str | None,
     status_code: int,
     error_type: str | None,
 ) -> None:
     """Add what the response told us (route, status, error) and set it all at once."""
-    route = route_template(scope, entry_root_path)
     if route is not None:
         span.update_name(f"{name} {route}")
         attributes["http.route"] = route

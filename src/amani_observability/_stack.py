@@ -1,0 +1,219 @@
+"""The per-request stack in one ASGI layer: what instrument() puts in front of the app.
+
+instrument() composes four middlewares (request ID, tracing, Sentry, metrics; see
+_instrument.py for their order). Stacked, each HTTP request pays for four coroutines,
+four `send` wrappers and four separate looks at the same request. `StackMiddleware`
+does their work for an HTTP request in one coroutine with one `send` wrapper, calling
+each middleware's own per-request steps in the order the stack would, so what is
+recorded is the same; the request ID goes to tracing and Sentry directly instead of
+through the context.
+
+Everything else goes through the composed middlewares unchanged: websockets, the
+lifespan, scrapes of the metrics endpoint, and every request when Sentry performance
+transactions are on (the transaction wraps the request, a slow path anyway).
+"""
+
+from __future__ import annotations
+
+from time import perf_counter, time_ns
+from typing import TYPE_CHECKING
+
+from ._asgi import (
+    UNMATCHED_ROUTE,
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    app_path,
+    header_value,
+    route_template,
+)
+from ._correlation import TraceIds, current_trace_ids
+from .request_id import (
+    _current as _current_request_id,
+)
+from .request_id import (
+    assign_request_id,
+    current_request_id,
+    send_internal_error,
+    tag_exception,
+)
+
+if TYPE_CHECKING:
+    from ._metrics_middleware import PrometheusMiddleware
+    from .request_id import RequestIDMiddleware
+    from .sentry import SentryMiddleware
+    from .tracing import TracingMiddleware
+
+
+class StackMiddleware:
+    """Request ID, tracing, Sentry and metrics for an HTTP request, in one layer."""
+
+    def __init__(
+        self,
+        layered: ASGIApp,
+        app: ASGIApp,
+        *,
+        request_ids: RequestIDMiddleware | None,
+        tracing: TracingMiddleware | None,
+        sentry: SentryMiddleware | None,
+        metrics: PrometheusMiddleware | None,
+    ) -> None:
+        self.layered = layered  # the composed middlewares, for everything but plain HTTP
+        self.app = app  # the application they wrap
+        self.request_ids = request_ids
+        self.tracing = tracing
+        self.sentry = sentry
+        self.metrics = metrics
+        self.all_layered = sentry is not None and sentry.transactions
+        if sentry is not None:
+            from . import sentry as sentry_module
+
+            self._sentry = sentry_module
+        if tracing is not None:
+            from . import tracing as tracing_module
+
+            self._tracing = tracing_module
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.all_layered:
+            await self.layered(scope, receive, send)
+            return
+        path, entry_root_path = app_path(scope)
+        metrics = self.metrics
+        if metrics is not None:
+            if path == metrics.metrics_path and metrics.endpoint is not None:
+                await self.layered(scope, receive, send)  # a scrape: served by the metrics layer
+                return
+            if metrics.excluded(path):
+                metrics = None
+
+        # Request ID: first, so that everything below can name the request.
+        request_ids = self.request_ids
+        header_pair: tuple[bytes, bytes] | None = None
+        access_log = None
+        if request_ids is not None:
+            request_id: str | None = assign_request_id(
+                scope, header_value(scope, request_ids.header)
+            )
+            header_pair = (request_ids.header, request_id.encode("ascii"))  # type: ignore[union-attr]
+            access_log = request_ids.access_log
+            if access_log is not None and not access_log.wants(scope):
+                access_log = None
+            request_token = _current_request_id.set(request_id)
+        else:
+            request_id = current_request_id()
+        access_started = perf_counter() if access_log is not None else 0.0
+
+        # Tracing: the span is current for Sentry, metrics exemplars and log lines.
+        span = self.tracing.begin(scope, request_id) if self.tracing is not None else None
+        # The exemplar's ids, read from the span itself (True: look them up as usual).
+        span_ids = self._tracing.sampled_ids(span) if span is not None else True
+        # Sentry: this request's own scopes.
+        if self.sentry is not None:
+            sentry_module = self._sentry
+            scope_tokens = sentry_module.enter_request_scopes(
+                sentry_module.request_processor(scope, entry_root_path, request_id),
+                # A sampled span of ours gives events and outgoing requests their trace.
+                None if isinstance(span_ids, tuple) else sentry_module.trace_headers(scope),
+            )
+        # Metrics: in progress from here.
+        if metrics is not None:
+            method, gauge = metrics.begin(scope, path)
+            clock = perf_counter()
+
+        status = 0
+        response_started = False
+        finished = False
+        client_gone = False
+        end_time: int | None = None
+        trace_ids: TraceIds | None = None
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status, response_started, finished, client_gone, end_time, trace_ids
+            message_type = message["type"]
+            if message_type == "http.response.start":
+                status = message["status"]
+                response_started = True
+                if header_pair is not None:
+                    message["headers"] = [*message.get("headers", ()), header_pair]
+                if access_log is not None:
+                    # Remember the span for the access line, written after it has ended.
+                    trace_ids = current_trace_ids()
+                final = False
+            else:
+                final = message_type == "http.response.body" and not message.get("more_body", False)
+                if not finished and (final or message_type == "http.response.pathsend"):
+                    # The final body message: stop the clocks once it is sent, before any
+                    # background task runs.
+                    finished = True
+                    try:
+                        await send(message)
+                    except OSError:  # ASGI servers raise it from send() once the client left
+                        client_gone = True
+                        raise
+                    finally:
+                        if metrics is not None:
+                            metrics.finish(
+                                scope, entry_root_path, method, status, clock, gauge, span_ids
+                            )
+                    if final:
+                        end_time = time_ns()
+                    return
+            try:
+                await send(message)
+            except OSError:
+                client_gone = True
+                raise
+            if final:
+                end_time = time_ns()
+
+        error: Exception | None = None
+        error_type: str | None = None
+        try:
+            await self.app(scope, receive, send_observed)
+        except Exception as exc:
+            error = exc
+            # Each concern's handling, innermost first, as the stacked layers would.
+            if metrics is not None:
+                if finished:
+                    template = route_template(scope, entry_root_path) or UNMATCHED_ROUTE
+                else:
+                    finished = True
+                    template = metrics.finish(scope, entry_root_path, method, status, clock, gauge)
+                if not client_gone:
+                    metrics.count_error(type(exc).__name__, template)
+            if self.sentry is not None:
+                self._sentry.capture_unhandled(exc)
+            if span is not None:
+                error_type = self._tracing.record_error(span[0], exc)
+            raise
+        finally:
+            if metrics is not None and not finished:
+                # Returned without a final body (a stream cut short, no response at all),
+                # or cancelled: still count the request and balance the gauge.
+                metrics.finish(scope, entry_root_path, method, status, clock, gauge, span_ids)
+            if self.sentry is not None:
+                self._sentry.exit_request_scopes(*scope_tokens)
+            if span is not None:
+                self._tracing.finish(span, scope, entry_root_path, status, error_type, end_time)
+            if request_ids is not None:
+                try:
+                    if error is not None:
+                        tag_exception(error, request_id)  # type: ignore[arg-type]
+                        if not response_started:
+                            # An app without Starlette's error middleware raised before
+                            # responding: answer the 500 ourselves, carrying the ID.
+                            await send_internal_error(send, header_pair)  # type: ignore[arg-type]
+                    if access_log is not None:
+                        access_status = status or (500 if error is not None else 0)
+                        access_log.emit(
+                            scope,
+                            access_status,
+                            perf_counter() - access_started,
+                            request_id,  # type: ignore[arg-type]
+                            trace_ids,
+                        )
+                finally:
+                    _current_request_id.reset(request_token)
