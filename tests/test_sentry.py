@@ -565,6 +565,24 @@ async def test_requests_get_the_global_scope_but_not_the_servers_breadcrumbs(
     assert event["breadcrumbs"]["values"] == []
 
 
+def test_request_scopes_are_independent_copies_of_the_blank_scopes() -> None:
+    blanks = sentry_module._blank()
+    assert sentry_module._copy_scope is not Scope.__copy__  # the straight copier is in use
+    names = [name for cls in Scope.__mro__ for name in getattr(cls, "__slots__", ())]
+    for blank in blanks:
+        ours, sdk = sentry_module._copy_scope(blank), Scope.__copy__(blank)
+        assert type(ours) is Scope
+        for name in names:
+            assert getattr(ours, name) == getattr(sdk, name), name
+        ours.set_tag("request", "a")
+        ours.add_breadcrumb({"message": "step"})
+        ours.add_event_processor(lambda event, hint: event)
+        assert blank._tags == {}
+        assert len(blank._breadcrumbs) == 0
+        assert blank._event_processors == []
+        assert sentry_module._copy_scope(blank)._tags == {}
+
+
 async def test_events_carry_the_opentelemetry_trace_when_tracing_is_on(
     sentry_server: SentryStandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:

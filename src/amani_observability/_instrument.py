@@ -106,8 +106,8 @@ def instrument(app: AppT, settings: ObservabilitySettings | None = None) -> AppT
         built: dict[str, Any] = {}
         for kind, layer in layers:  # innermost first
             outer = built[kind] = layer(outer)
-        if not built:
-            return inner
+        if len(built) < 2:
+            return outer  # one middleware alone is already one layer, and leaner
         return StackMiddleware(
             outer,
             inner,
