@@ -250,15 +250,19 @@ class PrometheusMiddleware:
         started: float,
         gauge: _Gauge,
         trace: TraceIds | bool | None = True,
+        route: str | bool | None = True,
     ) -> str:
         """Record one finished request; returns its endpoint label.
 
-        `trace` is the request's (trace_id, span_id) for the exemplar when the caller
-        holds its span; by default they are read from the current span.
+        `trace` is the request's (trace_id, span_id) for the exemplar and `route` its
+        route template (None: no route matched) when the caller already has them; by
+        default they are read from the current span and the scope.
         """
         elapsed = perf_counter() - started
         gauge[1]()
-        template = route_template(scope, entry_root_path) or UNMATCHED_ROUTE
+        if route is True:
+            route = route_template(scope, entry_root_path)
+        template = route or UNMATCHED_ROUTE
         # No status sent: the app raised or returned before responding, and the
         # server answers 500.
         code = status or 500

@@ -124,6 +124,7 @@ class StackMiddleware:
             clock = perf_counter()
 
         status = 0
+        route: str | bool | None = True  # the route template, once routing is over
         response_started = False
         finished = False
         client_gone = False
@@ -131,7 +132,7 @@ class StackMiddleware:
         trace_ids: TraceIds | None = None
 
         async def send_observed(message: Message) -> None:
-            nonlocal status, response_started, finished, client_gone, end_time, trace_ids
+            nonlocal status, route, response_started, finished, client_gone, end_time, trace_ids
             message_type = message["type"]
             if message_type == "http.response.start":
                 status = message["status"]
@@ -154,9 +155,17 @@ class StackMiddleware:
                         client_gone = True
                         raise
                     finally:
+                        route = route_template(scope, entry_root_path)
                         if metrics is not None:
                             metrics.finish(
-                                scope, entry_root_path, method, status, clock, gauge, span_ids
+                                scope,
+                                entry_root_path,
+                                method,
+                                status,
+                                clock,
+                                gauge,
+                                span_ids,
+                                route,
                             )
                     if final:
                         end_time = time_ns()
@@ -178,7 +187,7 @@ class StackMiddleware:
             # Each concern's handling, innermost first, as the stacked layers would.
             if metrics is not None:
                 if finished:
-                    template = route_template(scope, entry_root_path) or UNMATCHED_ROUTE
+                    template = route if isinstance(route, str) else UNMATCHED_ROUTE
                 else:
                     finished = True
                     template = metrics.finish(scope, entry_root_path, method, status, clock, gauge)
@@ -197,7 +206,9 @@ class StackMiddleware:
             if self.sentry is not None:
                 self._sentry.exit_request_scopes(*scope_tokens)
             if span is not None:
-                self._tracing.finish(span, scope, entry_root_path, status, error_type, end_time)
+                self._tracing.finish(
+                    span, scope, entry_root_path, status, error_type, end_time, route
+                )
             if request_ids is not None:
                 try:
                     if error is not None:
