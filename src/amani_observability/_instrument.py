@@ -9,6 +9,9 @@ Order, outermost first (each layer sees everything inside it):
     metrics middleware     serves /metrics; measures the app below it
     the application        for Starlette/FastAPI: its whole stack, ServerErrorMiddleware included
 
+With two or more of them on, StackMiddleware (_stack.py) sits in front and does their
+per-request work for HTTP requests in one layer, in this same order.
+
 Start-up work (tracer provider, Sentry client, alert dispatcher) runs at lifespan
 start-up, not at import or in instrument(), so fork-based servers get fresh exporters
 per worker; shutdown flushes and closes them with a bounded wait.

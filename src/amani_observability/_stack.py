@@ -31,11 +31,9 @@ from ._asgi import (
 )
 from ._correlation import TraceIds, current_trace_ids
 from .request_id import (
-    _current as _current_request_id,
-)
-from .request_id import (
     assign_request_id,
     current_request_id,
+    request_id_var,
     send_internal_error,
     tag_exception,
 )
@@ -93,15 +91,15 @@ class StackMiddleware:
         request_ids = self.request_ids
         header_pair: tuple[bytes, bytes] | None = None
         access_log = None
+        request_id: str | None
         if request_ids is not None:
-            request_id: str | None = assign_request_id(
-                scope, header_value(scope, request_ids.header)
-            )
-            header_pair = (request_ids.header, request_id.encode("ascii"))  # type: ignore[union-attr]
+            own_id = assign_request_id(scope, header_value(scope, request_ids.header))
+            header_pair = (request_ids.header, own_id.encode("ascii"))
             access_log = request_ids.access_log
             if access_log is not None and not access_log.wants(scope):
                 access_log = None
-            request_token = _current_request_id.set(request_id)
+            request_token = request_id_var.set(own_id)
+            request_id = own_id
         else:
             request_id = current_request_id()
         access_started = perf_counter() if access_log is not None else 0.0
@@ -212,19 +210,15 @@ class StackMiddleware:
             if request_ids is not None:
                 try:
                     if error is not None:
-                        tag_exception(error, request_id)  # type: ignore[arg-type]
-                        if not response_started:
+                        tag_exception(error, own_id)
+                        if not response_started and header_pair is not None:
                             # An app without Starlette's error middleware raised before
                             # responding: answer the 500 ourselves, carrying the ID.
-                            await send_internal_error(send, header_pair)  # type: ignore[arg-type]
+                            await send_internal_error(send, header_pair)
                     if access_log is not None:
                         access_status = status or (500 if error is not None else 0)
                         access_log.emit(
-                            scope,
-                            access_status,
-                            perf_counter() - access_started,
-                            request_id,  # type: ignore[arg-type]
-                            trace_ids,
+                            scope, access_status, perf_counter() - access_started, own_id, trace_ids
                         )
                 finally:
-                    _current_request_id.reset(request_token)
+                    request_id_var.reset(request_token)

@@ -33,7 +33,8 @@ _accept = re.compile(rb"[A-Za-z0-9._-]{1,128}").fullmatch
 
 _random_bits = random.getrandbits
 
-_current: ContextVar[str | None] = ContextVar("amani_request_id", default=None)
+# The ID of the request this context is handling (set by the middlewares, read by logs).
+request_id_var: ContextVar[str | None] = ContextVar("amani_request_id", default=None)
 
 _INTERNAL_ERROR_BODY = b"Internal Server Error"
 
@@ -61,12 +62,12 @@ def get_request_id(request: Any = None) -> str | None:
             value = state.get("request_id")
             if value is not None:
                 return str(value)
-    return _current.get()
+    return request_id_var.get()
 
 
 def current_request_id() -> str | None:
     """The request ID of the request being handled in this context, or None."""
-    return _current.get()
+    return request_id_var.get()
 
 
 def assign_request_id(scope: Scope, incoming: bytes | None) -> str:
@@ -132,7 +133,7 @@ class RequestIDMiddleware:
                     trace_ids = current_trace_ids()
             await send(message)
 
-        token = _current.set(request_id)
+        token = request_id_var.set(request_id)
         try:
             await self.app(scope, receive, send_with_request_id)
         except Exception as exc:
@@ -148,7 +149,7 @@ class RequestIDMiddleware:
         finally:
             if access_log is not None:
                 access_log.emit(scope, status, perf_counter() - started, request_id, trace_ids)
-            _current.reset(token)
+            request_id_var.reset(token)
 
 
 def tag_exception(exc: BaseException, request_id: str) -> None:
