@@ -195,7 +195,7 @@ class PrometheusMiddleware:
                     client_gone = True
                     raise
                 finally:
-                    self.finish(scope, entry_root_path, method, status, started, gauge)
+                    self._finish_here(scope, entry_root_path, method, status, started, gauge)
                 return
             try:
                 await send(message)
@@ -211,7 +211,7 @@ class PrometheusMiddleware:
                 template = route_template(scope, entry_root_path) or UNMATCHED_ROUTE
             else:
                 finished = True
-                template = self.finish(scope, entry_root_path, method, status, started, gauge)
+                template = self._finish_here(scope, entry_root_path, method, status, started, gauge)
             if not client_gone:
                 self.count_error(type(exc).__name__, template)
             raise
@@ -219,13 +219,13 @@ class PrometheusMiddleware:
             # Cancellation: still balance the gauge and count the request.
             if not finished:
                 finished = True
-                self.finish(scope, entry_root_path, method, status, started, gauge)
+                self._finish_here(scope, entry_root_path, method, status, started, gauge)
             raise
         if not finished:
             # Returned without a final body: a stream cut short by a disconnect, or
             # no response at all (the server then answers 500).
             finished = True
-            self.finish(scope, entry_root_path, method, status, started, gauge)
+            self._finish_here(scope, entry_root_path, method, status, started, gauge)
 
     def begin(self, scope: Scope, path: str) -> tuple[str, _Gauge]:
         """Count the request in progress; its method label and in-progress gauge."""
@@ -241,7 +241,7 @@ class PrometheusMiddleware:
         gauge[0](None)
         return method, gauge
 
-    def finish(
+    def _finish_here(
         self,
         scope: Scope,
         entry_root_path: str,
@@ -249,19 +249,33 @@ class PrometheusMiddleware:
         status: int,
         started: float,
         gauge: _Gauge,
-        trace: TraceIds | bool | None = True,
-        route: str | bool | None = True,
+    ) -> str:
+        """finish(), with the route read from the scope and the trace from the current span."""
+        return self.finish(
+            method,
+            status,
+            started,
+            gauge,
+            route_template(scope, entry_root_path),
+            _current_trace_ids(),
+        )
+
+    def finish(
+        self,
+        method: str,
+        status: int,
+        started: float,
+        gauge: _Gauge,
+        route: str | None,
+        trace: TraceIds | None,
     ) -> str:
         """Record one finished request; returns its endpoint label.
 
-        `trace` is the request's (trace_id, span_id) for the exemplar and `route` its
-        route template (None: no route matched) when the caller already has them; by
-        default they are read from the current span and the scope.
+        `route` is the matched route template (None: no route matched) and `trace` the
+        request's sampled (trace_id, span_id), for the exemplar.
         """
         elapsed = perf_counter() - started
         gauge[1]()
-        if route is True:
-            route = route_template(scope, entry_root_path)
         template = route or UNMATCHED_ROUTE
         # No status sent: the app raised or returned before responding, and the
         # server answers 500.
@@ -273,9 +287,11 @@ class PrometheusMiddleware:
         series[1](elapsed)
         bucket = bisect_left(series[2], elapsed)
         series[3][bucket](1)
-        if trace is True:
-            trace = _current_trace_ids()
-        if trace and series[4] is not None and len(trace[0]) + len(trace[1]) <= _EXEMPLAR_ID_ROOM:
+        if (
+            trace is not None
+            and series[4] is not None
+            and len(trace[0]) + len(trace[1]) <= _EXEMPLAR_ID_ROOM
+        ):
             # What Histogram.observe(exemplar=...) stores, minus re-validating label
             # names we know are valid: the request's trace on the bucket it fell in.
             series[4][bucket](

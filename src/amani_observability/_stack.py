@@ -106,15 +106,17 @@ class StackMiddleware:
 
         # Tracing: the span is current for Sentry, metrics exemplars and log lines.
         span = self.tracing.begin(scope, request_id) if self.tracing is not None else None
-        # The exemplar's ids, read from the span itself (True: look them up as usual).
-        span_ids = self._tracing.sampled_ids(span) if span is not None else True
+        # The trace the exemplar names: the span's own ids, without a look-up.
+        span_ids = self._tracing.sampled_ids(span) if span is not None else current_trace_ids()
         # Sentry: this request's own scopes.
         if self.sentry is not None:
             sentry_module = self._sentry
             scope_tokens = sentry_module.enter_request_scopes(
                 sentry_module.request_processor(scope, entry_root_path, request_id),
                 # A sampled span of ours gives events and outgoing requests their trace.
-                None if isinstance(span_ids, tuple) else sentry_module.trace_headers(scope),
+                None
+                if span is not None and span_ids is not None
+                else sentry_module.trace_headers(scope),
             )
         # Metrics: in progress from here.
         if metrics is not None:
@@ -122,7 +124,8 @@ class StackMiddleware:
             clock = perf_counter()
 
         status = 0
-        route: str | bool | None = True  # the route template, once routing is over
+        route: str | None = None  # the route template, read once the response is sent
+        routed = False
         response_started = False
         finished = False
         client_gone = False
@@ -130,7 +133,8 @@ class StackMiddleware:
         trace_ids: TraceIds | None = None
 
         async def send_observed(message: Message) -> None:
-            nonlocal status, route, response_started, finished, client_gone, end_time, trace_ids
+            nonlocal status, route, routed, response_started, finished, client_gone
+            nonlocal end_time, trace_ids
             message_type = message["type"]
             if message_type == "http.response.start":
                 status = message["status"]
@@ -153,18 +157,9 @@ class StackMiddleware:
                         client_gone = True
                         raise
                     finally:
-                        route = route_template(scope, entry_root_path)
+                        route, routed = route_template(scope, entry_root_path), True
                         if metrics is not None:
-                            metrics.finish(
-                                scope,
-                                entry_root_path,
-                                method,
-                                status,
-                                clock,
-                                gauge,
-                                span_ids,
-                                route,
-                            )
+                            metrics.finish(method, status, clock, gauge, route, span_ids)
                     if final:
                         end_time = time_ns()
                     return
@@ -184,29 +179,28 @@ class StackMiddleware:
             error = exc
             # Each concern's handling, innermost first, as the stacked layers would.
             if metrics is not None:
-                if finished:
-                    template = route if isinstance(route, str) else UNMATCHED_ROUTE
-                else:
+                if not finished:
                     finished = True
-                    template = metrics.finish(scope, entry_root_path, method, status, clock, gauge)
+                    route, routed = route_template(scope, entry_root_path), True
+                    metrics.finish(method, status, clock, gauge, route, span_ids)
                 if not client_gone:
-                    metrics.count_error(type(exc).__name__, template)
+                    metrics.count_error(type(exc).__name__, route or UNMATCHED_ROUTE)
             if self.sentry is not None:
                 self._sentry.capture_unhandled(exc)
             if span is not None:
                 error_type = self._tracing.record_error(span[0], exc)
             raise
         finally:
+            if not routed and (metrics is not None or span is not None):
+                route = route_template(scope, entry_root_path)
             if metrics is not None and not finished:
                 # Returned without a final body (a stream cut short, no response at all),
                 # or cancelled: still count the request and balance the gauge.
-                metrics.finish(scope, entry_root_path, method, status, clock, gauge, span_ids)
+                metrics.finish(method, status, clock, gauge, route, span_ids)
             if self.sentry is not None:
                 self._sentry.exit_request_scopes(*scope_tokens)
             if span is not None:
-                self._tracing.finish(
-                    span, scope, entry_root_path, status, error_type, end_time, route
-                )
+                self._tracing.finish(span, scope, route, status, error_type, end_time)
             if request_ids is not None:
                 try:
                     if error is not None:

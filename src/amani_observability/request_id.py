@@ -78,7 +78,7 @@ def assign_request_id(scope: Scope, incoming: bytes | None) -> str:
     else:
         if incoming is not None:
             logger.warning(REJECTED_REQUEST_ID)
-        request_id = f"{_random_bits(128):032x}"  # new_request_id(), one call fewer
+        request_id = new_request_id()
     state = scope.get("state")
     if state is None:
         scope["state"] = {"request_id": request_id}

@@ -292,67 +292,18 @@ class SentryMiddleware:
 # them), or one that start-up log lines filled with breadcrumbs (each fork would copy
 # them). Data meant for every request belongs on the global scope, which events still get.
 _blank_scopes: tuple[_SentryScope, _SentryScope] | None = None
+# What fork() ends in, two Python calls later.
 _copy_scope: Callable[[_SentryScope], _SentryScope] = _SentryScope.__copy__
 
 
 def _blank() -> tuple[_SentryScope, _SentryScope]:
-    global _blank_scopes, _copy_scope
+    global _blank_scopes
     if _blank_scopes is None:
         _blank_scopes = (
             _SentryScope(ty=ScopeType.ISOLATION),
             _SentryScope(ty=ScopeType.CURRENT),
         )
-        _copy_scope = _blank_copier(_blank_scopes) or _SentryScope.__copy__
     return _blank_scopes
-
-
-def _blank_copier(
-    blanks: tuple[_SentryScope, ...],
-) -> Callable[[_SentryScope], _SentryScope] | None:
-    """Scope.__copy__ for our blank scopes, as one straight function: what it shares is
-    assigned, what it copies is .copy()'d, without the copy()/deepcopy() dispatch it goes
-    through for two of its fields (a third of a fork's cost).
-
-    Which fields are shared and which copied is read off Scope.__copy__ itself, on the
-    blanks, and the result is checked against it field by field; any field this cannot
-    place means None, and the SDK's own __copy__ is used.
-    """
-    names = [name for cls in _SentryScope.__mro__ for name in getattr(cls, "__slots__", ())]
-    shared, copied = [], []
-    for name in names:
-        values = [getattr(blank, name, _MISSING) for blank in blanks]
-        references = [getattr(_SentryScope.__copy__(blank), name, _MISSING) for blank in blanks]
-        if any(value is _MISSING for value in values):
-            return None  # a field a blank scope does not set: nothing to mirror
-        if all(ref is value for ref, value in zip(references, values, strict=True)):
-            shared.append(name)
-        elif all(
-            ref is not value and type(ref) is type(value) and ref == value
-            and callable(getattr(value, "copy", None))
-            for ref, value in zip(references, values, strict=True)
-        ):  # fmt: skip
-            copied.append(name)
-        else:
-            return None
-    lines = ["def copy_blank(template):", "    scope = new(Scope)"]
-    lines += [f"    scope.{name} = template.{name}" for name in shared]
-    lines += [f"    scope.{name} = template.{name}.copy()" for name in copied]
-    lines.append("    return scope")
-    namespace: dict[str, Any] = {"new": object.__new__, "Scope": _SentryScope}
-    exec("\n".join(lines), namespace)  # as dataclasses builds __init__
-    copy_blank: Callable[[_SentryScope], _SentryScope] = namespace["copy_blank"]
-    for blank in blanks:
-        ours, theirs = copy_blank(blank), _SentryScope.__copy__(blank)
-        for name in names:
-            a, b = getattr(ours, name), getattr(theirs, name)
-            if name in copied and (a is getattr(blank, name) or a != b):
-                return None
-            if name in shared and a is not b:
-                return None
-    return copy_blank
-
-
-_MISSING = object()
 
 
 def enter_request_scopes(
@@ -368,7 +319,6 @@ def enter_request_scopes(
     then carry instead.
     """
     blank_isolation, blank_current = _blank_scopes or _blank()
-    # Scope.__copy__ is what fork() ends in, two Python calls later.
     isolation = _copy_scope(blank_isolation)
     isolation.add_event_processor(processor)
     if trace_headers:

@@ -326,7 +326,8 @@ class TracingMiddleware:
             error_type = record_error(started[0], exc)
             raise
         finally:
-            finish(started, scope, entry_root_path, status_code, error_type, end_time)
+            route = route_template(scope, entry_root_path)
+            finish(started, scope, route, status_code, error_type, end_time)
 
     def begin(self, scope: Scope, request_id: str | None = None) -> Started | None:
         """Start this request's server span and make it current; None when it gets none.
@@ -379,13 +380,15 @@ class TracingMiddleware:
 Started = tuple[trace.Span, object, str, dict[str, Any]]
 
 
-def sampled_ids(started: Started) -> TraceIds | bool | None:
-    """The started span's (trace_id, span_id) in hex when sampled, else None; True when
-    only a lookup of the current span can tell (an SDK span)."""
+def sampled_ids(started: Started) -> TraceIds | None:
+    """The started span's (trace_id, span_id) in hex when it is sampled, else None."""
     span = started[0]
     if type(span) is LightSpan:
         return span.hex_ids()
-    return True
+    context = span.get_span_context()
+    if context.trace_flags.sampled and context.is_valid:
+        return format(context.trace_id, "032x"), format(context.span_id, "016x")
+    return None
 
 
 def record_error(span: trace.Span, exc: BaseException) -> str | None:
@@ -399,23 +402,19 @@ def record_error(span: trace.Span, exc: BaseException) -> str | None:
 def finish(
     started: Started,
     scope: Scope,
-    entry_root_path: str,
+    route: str | None,
     status_code: int,
     error_type: str | None,
     end_time: int | None,
-    route: str | bool | None = True,
 ) -> None:
     """End the span with what the response told us, and restore the caller's context.
 
-    `route` is the matched route template when the caller has it (None: no route
-    matched); by default it is read from the scope.
+    `route` is the matched route template, None when no route matched.
     """
     span, token, name, attributes = started
     try:
         if span.is_recording():
-            if route is True:
-                route = route_template(scope, entry_root_path)
-            _end_attributes(span, name, attributes, scope, route, status_code, error_type)  # type: ignore[arg-type]
+            _end_attributes(span, name, attributes, scope, route, status_code, error_type)
         span.end(end_time)
     except Exception:  # never replace the app's own exception with ours
         logger.exception("could not end the request's span")
