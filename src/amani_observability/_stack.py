@@ -30,6 +30,7 @@ from ._asgi import (
     route_template,
 )
 from ._correlation import TraceIds, current_trace_ids
+from ._keepalive import step_back, step_out
 from .request_id import (
     assign_request_id,
     current_request_id,
@@ -108,6 +109,9 @@ class StackMiddleware:
         span = self.tracing.begin(scope, request_id) if self.tracing is not None else None
         # The trace the exemplar names: the span's own ids, without a look-up.
         span_ids = self._tracing.sampled_ids(span) if span is not None else current_trace_ids()
+        # The context variables set for this request, stepped out of for the final send
+        # (see _keepalive.py).
+        pinned: tuple[object, ...] = () if span is None else (span[1],)
         # Sentry: this request's own scopes.
         if self.sentry is not None:
             sentry_module = self._sentry
@@ -118,6 +122,7 @@ class StackMiddleware:
                 if span is not None and span_ids is not None
                 else sentry_module.trace_headers(scope),
             )
+            pinned = (*pinned, *scope_tokens)
         # Metrics: in progress from here.
         if metrics is not None:
             method, gauge = metrics.begin(scope, path)
@@ -151,12 +156,15 @@ class StackMiddleware:
                     # The final body message: stop the clocks once it is sent, before any
                     # background task runs.
                     finished = True
+                    outside = step_out(pinned) if pinned else None
                     try:
                         await send(message)
                     except OSError:  # ASGI servers raise it from send() once the client left
                         client_gone = True
                         raise
                     finally:
+                        if outside:
+                            step_back(outside)
                         route, routed = route_template(scope, entry_root_path), True
                         if metrics is not None:
                             metrics.finish(method, status, clock, gauge, route, span_ids)

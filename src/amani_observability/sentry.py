@@ -42,6 +42,7 @@ from sentry_sdk.utils import BadDsn, event_from_exception
 from ._asgi import UNMATCHED_ROUTE, ASGIApp, Message, Receive, Scope, Send, compile_paths
 from ._asgi import route_template as _route_template
 from ._correlation import current_trace_ids
+from ._keepalive import sending_outside
 from .exceptions import ConfigurationError
 from .logs import ACCESS_LOGGER
 from .request_id import current_request_id
@@ -246,6 +247,8 @@ class SentryMiddleware:
             if self.transactions and not self.excluded_path(scope["path"]):
                 await self._traced(scope, receive, send, entry_root_path)
                 return
+            if scope_type == "http":
+                send = sending_outside(send, (isolation_token, current_token))
             try:
                 await self.app(scope, receive, send)
             except Exception as exc:

@@ -46,6 +46,7 @@ from ._asgi import (
     route_template,
 )
 from ._correlation import TraceIds
+from ._keepalive import is_final_body, step_back, step_out
 from ._light_span import (
     LightPipeline,
     LightSpan,
@@ -314,8 +315,15 @@ class TracingMiddleware:
                 status_code = 403  # closed before the handshake: the server answers 403
             elif message_type == "websocket.http.response.start":
                 status_code = message["status"]
-            await send(message)
-            if message_type == "http.response.body" and not message.get("more_body", False):
+            if not is_final_body(message):
+                await send(message)
+                return
+            outside = step_out((started[1],))
+            try:
+                await send(message)
+            finally:
+                step_back(outside)
+            if message_type == "http.response.body":
                 # The request ends here for the span; background tasks run after it.
                 end_time = time_ns()
 
