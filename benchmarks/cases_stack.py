@@ -22,7 +22,8 @@ PEERS = "+ peer stack (ACI + PFI + OTel + sentry-sdk)"
 OURS = "+ amani full stack"
 
 
-def _ours(*, access_log: bool) -> Any:
+def instrument_fully(app: Any, *, access_log: bool = False) -> Any:
+    """`app` under the whole stack, as the row measures it."""
     from amani_observability import ObservabilitySettings, instrument, tracing
 
     tracing._injected_provider = provider()
@@ -34,7 +35,11 @@ def _ours(*, access_log: bool) -> Any:
         log_json=False,
         access_log_enabled=access_log,
     )
-    return instrument(bare_app(), settings)
+    return instrument(app, settings)
+
+
+def _ours(*, access_log: bool) -> Any:
+    return instrument_fully(bare_app(), access_log=access_log)
 
 
 def ours() -> Any:

@@ -74,3 +74,32 @@ async def test_bare_server_app_is_the_route_alone() -> None:
     assert response.json() == {"item_id": 7}
     assert "x-request-id" not in response.headers
     assert metrics.status_code == 404
+
+
+async def test_demo_server_apps_serve_the_same_transaction_bare_and_instrumented() -> None:
+    path = f"/api/v1/escrow/transactions/{server_apps.DEMO_TRANSACTION}"
+    transaction = {"id": server_apps.DEMO_TRANSACTION, "type": "hold", "amount": 10.0}
+
+    bare = server_apps.build_demo_bare()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=bare), base_url="http://b") as c:
+        bare_response = await c.get(path)
+        bare_metrics = await c.get("/metrics")
+    assert bare_response.json() == transaction
+    assert "x-request-id" not in bare_response.headers
+    assert bare_metrics.status_code == 404
+
+    full = server_apps.build_demo_full()
+    transport = httpx.ASGITransport(app=full)
+    async with lifespan(full), httpx.AsyncClient(transport=transport, base_url="http://b") as c:
+        response = await c.get(path)
+        scrape = await c.get("/metrics", headers={"Accept": OPENMETRICS})
+    assert response.json() == transaction
+    assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
+    # The whole stack (a sampled span: the exemplar) and the database metrics main.py adds.
+    assert re.search(
+        r'^http_request_duration_seconds_bucket\{endpoint="/api/v1/escrow/transactions/'
+        r'\{transaction_id\}",le="[^"]+",method="GET"\} 1\.0 # \{span_id="[0-9a-f]{16}",',
+        scrape.text,
+        flags=re.M,
+    )
+    assert re.search(r"^db_query_duration_seconds_count\{[^}]*\} 1\.0", scrape.text, flags=re.M)
