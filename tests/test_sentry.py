@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import json
 import logging
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -782,3 +785,66 @@ async def test_excluded_paths_are_configurable(sentry_server: SentryStandIn) -> 
         "/health",
         "/public",
     ]
+
+
+# --- query breadcrumbs -------------------------------------------------------------------
+
+# sentry-sdk sets an integration up at most once per process, and once set up it stays on
+# whatever later init() calls say: each case runs in a fresh interpreter.
+QUERY_THEN_ERROR = """
+import json, sys
+import sentry_sdk
+from sentry_sdk.integrations.sqlalchemy import SqlalchemyIntegration
+from sqlalchemy import create_engine, text
+from amani_observability import ObservabilitySettings
+from amani_observability.sentry import init_sentry
+
+for rate, options in json.loads(sys.argv[2]):
+    if options.pop("disable_sqlalchemy", False):
+        options["disabled_integrations"] = [SqlalchemyIntegration]
+    settings = ObservabilitySettings(sentry_dsn=sys.argv[1], sentry_traces_sample_rate=rate)
+    init_sentry(settings, **options)
+engine = create_engine("sqlite://")
+with sentry_sdk.isolation_scope(), engine.connect() as conn:
+    conn.execute(text("SELECT 1 + :n"), {"n": 41}).scalar_one()
+    sentry_sdk.capture_exception(RuntimeError("after a query"))
+sentry_sdk.flush(timeout=10)
+print(sentry_sdk.get_client().get_integration(SqlalchemyIntegration) is not None)
+"""
+
+
+@pytest.mark.parametrize(
+    ("inits", "sdks_integration_on", "query_breadcrumbs"),
+    [
+        # Errors-only: the SDK's integration (a span per query) is off, ours records.
+        ([(0.0, {})], False, 1),
+        # Performance on, or query parameters asked for: the SDK's records, ours is quiet.
+        ([(1.0, {})], True, 1),
+        ([(0.0, {"_experiments": {"record_sql_params": True}})], True, 1),
+        # Performance turned on after an errors-only init: the SDK cannot set its
+        # integration up any more, so ours goes on recording.
+        ([(0.0, {}), (1.0, {})], False, 1),
+        # The service disabled the SDK's integration: no query breadcrumbs at all.
+        ([(0.0, {"disable_sqlalchemy": True})], False, 0),
+    ],
+    ids=["errors-only", "performance", "parameters", "re-init", "disabled by the service"],
+)
+def test_each_query_is_one_breadcrumb_and_a_span_only_where_performance_is_on(
+    sentry_server: SentryStandIn,
+    inits: list[tuple[float, dict[str, Any]]],
+    sdks_integration_on: bool,
+    query_breadcrumbs: int,
+) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-c", QUERY_THEN_ERROR, sentry_server.dsn, json.dumps(inits)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+
+    assert completed.stdout.strip() == str(sdks_integration_on)
+    (event,) = sentry_server.events()
+    crumbs = [
+        (crumb["category"], crumb["message"])
+        for crumb in event["breadcrumbs"]["values"]
+        if crumb.get("category") == "query"
+    ]
+    assert crumbs == [("query", "SELECT 1 + ?")] * query_breadcrumbs

@@ -43,6 +43,12 @@ from ._asgi import UNMATCHED_ROUTE, ASGIApp, Message, Receive, Scope, Send, comp
 from ._asgi import route_template as _route_template
 from ._correlation import current_trace_ids
 from ._keepalive import sending_outside
+from ._sentry_queries import (
+    listed,
+    record_queries,
+    sqlalchemy_integration,
+    wants_the_sdks_query_spans,
+)
 from .exceptions import ConfigurationError
 from .logs import ACCESS_LOGGER
 from .request_id import current_request_id
@@ -132,6 +138,7 @@ def init_sentry(settings: ObservabilitySettings | None = None, **sdk_options: An
     if settings is None:
         settings = ObservabilitySettings()
     _policy = _policy_from(settings)
+    record_queries(False)
     if settings.sentry_dsn is None:
         logger.info(SENTRY_DISABLED)
         return False
@@ -156,6 +163,11 @@ def init_sentry(settings: ObservabilitySettings | None = None, **sdk_options: An
         "disabled_integrations": [StarletteIntegration(), FastApiIntegration()],
     }
     options.update(sdk_options)
+    # Errors-only: query breadcrumbs without the SDK's per-query span (see _sentry_queries).
+    queries = sqlalchemy_integration()
+    no_query_breadcrumbs = queries is None or listed(queries, sdk_options, "disabled_integrations")
+    if queries is not None and not no_query_breadcrumbs and not wants_the_sdks_query_spans(options):
+        options["disabled_integrations"] = [*options.get("disabled_integrations", ()), queries()]
     try:
         with warnings.catch_warnings():
             # SENTRY_PROFILES_SAMPLE_RATE means "this fraction of transactions" (the guide's
@@ -167,6 +179,13 @@ def init_sentry(settings: ObservabilitySettings | None = None, **sdk_options: An
             sentry_sdk.init(**options)
     except BadDsn:  # settings built with model_construct() skip our validator
         raise ConfigurationError("SENTRY_DSN: must be a Sentry DSN") from None
+    # Also where the SDK's integration was wanted but is not on: sentry-sdk sets up an
+    # integration at most once per process, never after an init() that disabled it.
+    record_queries(
+        queries is not None
+        and not no_query_breadcrumbs
+        and sentry_sdk.get_client().get_integration(queries) is None
+    )
     # One access-log line per request would become a breadcrumb of the server-wide scope
     # (the line is written after the request's scope closed): cost and noise, no value.
     ignore_logger(ACCESS_LOGGER)
