@@ -416,6 +416,9 @@ class LightSpan(trace.Span, ReadableSpan):
         if self._end_time is not None:
             return
         self._end_time = end_time or time_ns()
+        # Formatted for the request's own log lines and exemplar; a span waiting in the
+        # batch queue keeps nothing it does not export (fewer objects for the GC to count).
+        self._hex_ids = None
         if self._attributes is None:
             self._attributes = self.own_attributes
         else:
