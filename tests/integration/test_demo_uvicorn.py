@@ -34,8 +34,11 @@ def test_demo_answers_with_request_ids_and_json_access_lines(tmp_path: Path) -> 
         )
         failed = httpx.get(server.base_url + "/api/v1/fail", headers={"X-Request-ID": "demo-err-1"})
         minted = httpx.get(server.base_url + "/api/v1/escrow/transactions/unknown")
+        # Each access line is written once its response has gone out: wait for the last
+        # request's, and for the server's error line.
+        awaited = ("demo-err-1", minted.headers.get("x-request-id", "no id"))
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and "demo-err-1" not in server.output():
+        while time.monotonic() < deadline and not all(i in server.output() for i in awaited):
             time.sleep(0.05)
         output = server.output()
 
