@@ -98,8 +98,12 @@ async def serve_and_request(app: Any, seen: dict[str, Any]) -> dict[str, Any]:
                 if "background span" in seen:
                     break
                 await asyncio.sleep(0.01)
-            await asyncio.sleep(0.05)  # the request's task is done and released
-            gc.collect()
+            watched = [seen[name] for name in ("scope", "context") if name in seen]
+            for _ in range(100):  # until the request's task is done and released, at most 2 s
+                await asyncio.sleep(0.02)
+                gc.collect()
+                if all(ref() is None for ref in watched):
+                    break
             # The connection is still open here: its keep-alive timer is armed.
             assert len(server.server_state.connections) == 1
             alive = {
