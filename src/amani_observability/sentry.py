@@ -164,9 +164,10 @@ def init_sentry(settings: ObservabilitySettings | None = None, **sdk_options: An
     }
     options.update(sdk_options)
     # Errors-only: query breadcrumbs without the SDK's per-query span (see _sentry_queries).
+    # None without SQLAlchemy; a service that disables the SDK's integration gets none.
     queries = sqlalchemy_integration()
-    no_query_breadcrumbs = queries is None or listed(queries, sdk_options, "disabled_integrations")
-    if queries is not None and not no_query_breadcrumbs and not wants_the_sdks_query_spans(options):
+    breadcrumbs = queries is not None and not listed(queries, sdk_options, "disabled_integrations")
+    if queries is not None and breadcrumbs and not wants_the_sdks_query_spans(options):
         options["disabled_integrations"] = [*options.get("disabled_integrations", ()), queries()]
     try:
         with warnings.catch_warnings():
@@ -182,8 +183,8 @@ def init_sentry(settings: ObservabilitySettings | None = None, **sdk_options: An
     # Also where the SDK's integration was wanted but is not on: sentry-sdk sets up an
     # integration at most once per process, never after an init() that disabled it.
     record_queries(
-        queries is not None
-        and not no_query_breadcrumbs
+        breadcrumbs
+        and queries is not None
         and sentry_sdk.get_client().get_integration(queries) is None
     )
     # One access-log line per request would become a breadcrumb of the server-wide scope
