@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import sentry_sdk
+from sentry_sdk.integrations import DidNotEnable
 
 # Whether record_query() records: set by every init_sentry() call.
 _recording = False
@@ -27,10 +28,6 @@ _listening = False
 
 def sqlalchemy_integration() -> Any | None:
     """sentry-sdk's SqlalchemyIntegration class, or None without SQLAlchemy."""
-    try:
-        from sentry_sdk.integrations import DidNotEnable
-    except ImportError:  # pragma: no cover - every sentry-sdk 2.x has it
-        return None
     try:
         from sentry_sdk.integrations.sqlalchemy import SqlalchemyIntegration
     except (ImportError, DidNotEnable):

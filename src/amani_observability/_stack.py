@@ -108,7 +108,7 @@ class StackMiddleware:
         # Tracing: the span is current for Sentry, metrics exemplars and log lines.
         span = self.tracing.begin(scope, request_id) if self.tracing is not None else None
         # The trace the exemplar names: the span's own ids, without a look-up.
-        span_ids = self._tracing.sampled_ids(span) if span is not None else current_trace_ids()
+        span_ids = self._tracing.sampled_ids(span[0]) if span is not None else current_trace_ids()
         # The context variables set for this request, stepped out of for the final send
         # (see _keepalive.py).
         pinned: tuple[object, ...] = () if span is None else (span[1],)

@@ -46,7 +46,7 @@ from ._asgi import (
     route_template,
 )
 from ._correlation import TraceIds
-from ._keepalive import is_final_body, step_back, step_out
+from ._keepalive import sending_outside
 from ._light_span import (
     LightPipeline,
     LightSpan,
@@ -187,13 +187,7 @@ def _is_attribute_value(value: object) -> bool:
 
 def _current_trace_ids() -> TraceIds | None:
     """The correlation getter: IDs of the current span, only when it is sampled and valid."""
-    span = trace.get_current_span()
-    if type(span) is LightSpan:
-        return span.hex_ids()
-    context = span.get_span_context()
-    if context.trace_flags.sampled and context.is_valid:
-        return format(context.trace_id, "032x"), format(context.span_id, "016x")
-    return None
+    return sampled_ids(trace.get_current_span())
 
 
 # --- the middleware ---------------------------------------------------------------------------
@@ -303,6 +297,8 @@ class TracingMiddleware:
         entry_root_path = scope.get("root_path", "")
         status_code = 0
         end_time: int | None = None
+        if scope_type == "http":
+            send = sending_outside(send, (started[1],))
 
         async def send_traced(message: Message) -> None:
             nonlocal status_code, end_time
@@ -315,15 +311,8 @@ class TracingMiddleware:
                 status_code = 403  # closed before the handshake: the server answers 403
             elif message_type == "websocket.http.response.start":
                 status_code = message["status"]
-            if not is_final_body(message):
-                await send(message)
-                return
-            outside = step_out((started[1],))
-            try:
-                await send(message)
-            finally:
-                step_back(outside)
-            if message_type == "http.response.body":
+            await send(message)
+            if message_type == "http.response.body" and not message.get("more_body", False):
                 # The request ends here for the span; background tasks run after it.
                 end_time = time_ns()
 
@@ -388,9 +377,8 @@ class TracingMiddleware:
 Started = tuple[trace.Span, object, str, dict[str, Any]]
 
 
-def sampled_ids(started: Started) -> TraceIds | None:
-    """The started span's (trace_id, span_id) in hex when it is sampled, else None."""
-    span = started[0]
+def sampled_ids(span: trace.Span) -> TraceIds | None:
+    """The span's (trace_id, span_id) in hex when it is sampled and valid, else None."""
     if type(span) is LightSpan:
         return span.hex_ids()
     context = span.get_span_context()
