@@ -168,6 +168,8 @@ def test_instrument_sqlalchemy_measures_a_real_sqlite_file(tmp_path: Path) -> No
         conn.execute(text("INSERT INTO users (email) VALUES ('a@example.com')"))
         conn.execute(text("INSERT INTO users (email) VALUES ('b@example.com')"))
         conn.execute(text("UPDATE users SET email = 'c@example.com' WHERE id = 1"))
+        conn.execute(text("INSERT INTO users (email) VALUES (:e)"), [{"e": "d@x"}, {"e": "e@x"}])
+        conn.exec_driver_sql("DELETE FROM users WHERE id > 2")  # a statement without parameters
         assert REGISTRY.get_sample_value("db_connections_active") == 1.0
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT email FROM users ORDER BY id")).all()
@@ -177,9 +179,13 @@ def test_instrument_sqlalchemy_measures_a_real_sqlite_file(tmp_path: Path) -> No
     engine.dispose()
 
     assert [r.email for r in rows] == ["c@example.com", "b@example.com"]
+    # The executemany counts once, and the failed SELECT counts too.
     counts = {op: query_count(op) for op in ("SELECT", "INSERT", "UPDATE", "DELETE", "OTHER")}
-    assert counts == {"SELECT": 2.0, "INSERT": 2.0, "UPDATE": 1.0, "DELETE": 1.0, "OTHER": 1.0}
+    assert counts == {"SELECT": 2.0, "INSERT": 3.0, "UPDATE": 1.0, "DELETE": 2.0, "OTHER": 1.0}
     assert REGISTRY.get_sample_value("db_connections_active") == 0.0
+    # No Connection-level listener: with one, SQLAlchemy dispatches every Connection
+    # event on every query of the engine (the cost instrument_sqlalchemy avoids).
+    assert engine._has_events is False
 
 
 async def test_instrument_sqlalchemy_measures_an_async_engine(tmp_path: Path) -> None:

@@ -794,38 +794,56 @@ async def test_excluded_paths_are_configurable(sentry_server: SentryStandIn) -> 
 QUERY_THEN_ERROR = """
 import json, sys
 import sentry_sdk
+from prometheus_client import REGISTRY
 from sentry_sdk.integrations.sqlalchemy import SqlalchemyIntegration
 from sqlalchemy import create_engine, text
 from amani_observability import ObservabilitySettings
+from amani_observability.metrics import instrument_sqlalchemy
 from amani_observability.sentry import init_sentry
 
+# Made and measured before Sentry starts: the breadcrumbs cover engines of any age, and
+# the query metrics go on being recorded beside them.
+engine = instrument_sqlalchemy(create_engine("sqlite://"))
 for rate, options in json.loads(sys.argv[2]):
     if options.pop("disable_sqlalchemy", False):
         options["disabled_integrations"] = [SqlalchemyIntegration]
     settings = ObservabilitySettings(sentry_dsn=sys.argv[1], sentry_traces_sample_rate=rate)
     init_sentry(settings, **options)
-engine = create_engine("sqlite://")
 with sentry_sdk.isolation_scope(), engine.connect() as conn:
     conn.execute(text("SELECT 1 + :n"), {"n": 41}).scalar_one()
+    conn.exec_driver_sql("CREATE TABLE t (a INTEGER)")  # no parameters
+    conn.execute(text("INSERT INTO t VALUES (:a)"), [{"a": 1}, {"a": 2}])  # executemany
     sentry_sdk.capture_exception(RuntimeError("after a query"))
 sentry_sdk.flush(timeout=10)
-print(sentry_sdk.get_client().get_integration(SqlalchemyIntegration) is not None)
+queries = {
+    operation: REGISTRY.get_sample_value(
+        "db_query_duration_seconds_count", {"operation": operation}
+    )
+    for operation in ("SELECT", "OTHER", "INSERT")
+}
+integration_on = sentry_sdk.get_client().get_integration(SqlalchemyIntegration) is not None
+print(json.dumps([integration_on, queries]))
 """
+QUERY_BREADCRUMBS = [
+    ("query", "SELECT 1 + ?", False),
+    ("query", "CREATE TABLE t (a INTEGER)", False),
+    ("query", "INSERT INTO t VALUES (?)", True),
+]
 
 
 @pytest.mark.parametrize(
-    ("inits", "sdks_integration_on", "query_breadcrumbs"),
+    ("inits", "sdks_integration_on", "breadcrumbs"),
     [
         # Errors-only: the SDK's integration (a span per query) is off, ours records.
-        ([(0.0, {})], False, 1),
+        ([(0.0, {})], False, QUERY_BREADCRUMBS),
         # Performance on, or query parameters asked for: the SDK's records, ours is quiet.
-        ([(1.0, {})], True, 1),
-        ([(0.0, {"_experiments": {"record_sql_params": True}})], True, 1),
+        ([(1.0, {})], True, QUERY_BREADCRUMBS),
+        ([(0.0, {"_experiments": {"record_sql_params": True}})], True, QUERY_BREADCRUMBS),
         # Performance turned on after an errors-only init: the SDK cannot set its
         # integration up any more, so ours goes on recording.
-        ([(0.0, {}), (1.0, {})], False, 1),
+        ([(0.0, {}), (1.0, {})], False, QUERY_BREADCRUMBS),
         # The service disabled the SDK's integration: no query breadcrumbs at all.
-        ([(0.0, {"disable_sqlalchemy": True})], False, 0),
+        ([(0.0, {"disable_sqlalchemy": True})], False, []),
     ],
     ids=["errors-only", "performance", "parameters", "re-init", "disabled by the service"],
 )
@@ -833,18 +851,20 @@ def test_each_query_is_one_breadcrumb_and_a_span_only_where_performance_is_on(
     sentry_server: SentryStandIn,
     inits: list[tuple[float, dict[str, Any]]],
     sdks_integration_on: bool,
-    query_breadcrumbs: int,
+    breadcrumbs: list[tuple[str, str, bool]],
 ) -> None:
     completed = subprocess.run(
         [sys.executable, "-c", QUERY_THEN_ERROR, sentry_server.dsn, json.dumps(inits)],
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
 
-    assert completed.stdout.strip() == str(sdks_integration_on)
+    integration_on, queries = json.loads(completed.stdout)
+    assert integration_on is sdks_integration_on
+    assert queries == {"SELECT": 1.0, "OTHER": 1.0, "INSERT": 1.0}
     (event,) = sentry_server.events()
     crumbs = [
-        (crumb["category"], crumb["message"])
+        (crumb["category"], crumb["message"], crumb["data"].get("db.executemany", False))
         for crumb in event["breadcrumbs"]["values"]
         if crumb.get("category") == "query"
     ]
-    assert crumbs == [("query", "SELECT 1 + ?")] * query_breadcrumbs
+    assert crumbs == breadcrumbs
