@@ -868,3 +868,89 @@ def test_each_query_is_one_breadcrumb_and_a_span_only_where_performance_is_on(
         if crumb.get("category") == "query"
     ]
     assert crumbs == breadcrumbs
+
+
+# --- threads -----------------------------------------------------------------------------
+
+# As above, in a fresh interpreter each: sentry-sdk sets its threading integration up once.
+THREADS_THEN_ERROR = """
+import asyncio, json, sys, threading
+from concurrent.futures import ThreadPoolExecutor
+import sentry_sdk
+from sentry_sdk.integrations.threading import ThreadingIntegration
+from sentry_sdk.scope import Scope
+from amani_observability import ObservabilitySettings
+from amani_observability.sentry import init_sentry
+
+options = {"integrations": [ThreadingIntegration()]} if sys.argv[2] == "own" else {}
+init_sentry(ObservabilitySettings(sentry_dsn=sys.argv[1]), **options)
+forks = 0
+fork = Scope.fork
+def counting_fork(self):
+    global forks
+    forks += 1
+    return fork(self)
+Scope.fork = counting_fork
+
+def in_thread(request_scope):
+    sentry_sdk.add_breadcrumb(message=threading.current_thread().name)
+    scope = sentry_sdk.get_isolation_scope()
+    return scope is request_scope, scope._tags.get("request")
+
+async def main():
+    global forks
+    await asyncio.to_thread(int)  # starts the loop's executor thread: the SDK forks there
+    with sentry_sdk.isolation_scope() as request_scope, ThreadPoolExecutor(1) as plain:
+        sentry_sdk.set_tag("request", "r1")
+        plain.submit(int).result()
+        forks = 0
+        to_thread = await asyncio.to_thread(in_thread, request_scope)
+        to_thread_forks = forks
+        submitted = plain.submit(in_thread, request_scope).result()
+        sentry_sdk.capture_exception(RuntimeError("after the threads"))
+    return {
+        "integration": type(sentry_sdk.get_client().get_integration("threading")).__module__,
+        "to_thread": [*to_thread, to_thread_forks],
+        "submit": list(submitted),
+    }
+
+print(json.dumps(asyncio.run(main())))
+sentry_sdk.flush(timeout=10)
+"""
+
+
+@pytest.mark.parametrize(
+    ("integrations", "module", "to_thread_forks"),
+    [
+        # Ours: asyncio.to_thread runs in its copied context, with the request's own
+        # scopes, and the scope copies the SDK would make (unseen by the function) are gone.
+        ("default", "amani_observability._sentry_threads", 0),
+        # A ThreadingIntegration of the service's own is used as given: two forks at
+        # submit() and one more as the worker thread enters them.
+        ("own", "sentry_sdk.integrations.threading", 3),
+    ],
+)
+def test_to_thread_runs_with_the_request_scopes_and_submit_with_forks_of_them(
+    sentry_server: SentryStandIn,
+    integrations: str,
+    module: str,
+    to_thread_forks: int,
+) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-c", THREADS_THEN_ERROR, sentry_server.dsn, integrations],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+
+    result = json.loads(completed.stdout)
+    assert result == {
+        "integration": module,
+        # The function sees the request's isolation scope itself, either way.
+        "to_thread": [True, "r1", to_thread_forks],
+        # A plain submit carries no context: the SDK's forks of the request's scopes.
+        "submit": [False, "r1"],
+    }
+    (event,) = sentry_server.events()
+    crumbs = [crumb["message"] for crumb in event["breadcrumbs"]["values"]]
+    # The to_thread breadcrumb is in the request's scope; the submitted one in a fork.
+    assert crumbs == ["asyncio_0"]
+    assert event["tags"]["request"] == "r1"

@@ -49,6 +49,8 @@ from ._sentry_queries import (
     sqlalchemy_integration,
     wants_the_sdks_query_spans,
 )
+from ._sentry_threads import ThreadingIntegration
+from ._sentry_threads import wants_ours as wants_our_threading
 from .exceptions import ConfigurationError
 from .logs import ACCESS_LOGGER
 from .request_id import current_request_id
@@ -163,6 +165,9 @@ def init_sentry(settings: ObservabilitySettings | None = None, **sdk_options: An
         "disabled_integrations": [StarletteIntegration(), FastApiIntegration()],
     }
     options.update(sdk_options)
+    if wants_our_threading(options):
+        # The SDK's, minus scope forks that asyncio.to_thread() makes moot (_sentry_threads).
+        options["integrations"] = [*(options.get("integrations") or ()), ThreadingIntegration()]
     # Errors-only: query breadcrumbs without the SDK's per-query span (see _sentry_queries).
     # None without SQLAlchemy; a service that disables the SDK's integration gets none.
     queries = sqlalchemy_integration()
