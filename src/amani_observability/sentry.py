@@ -6,9 +6,10 @@
 `SentryMiddleware` between tracing and metrics. sentry-sdk's own Starlette and FastAPI
 integrations are switched off: they cost about +178 us per request even with tracing off
 (they patch request handling and read request data on every request). Our middleware does
-the same job with one isolation scope and one closure per request; request data, tags and
-the transaction name are attached by an event processor, i.e. only when an event is sent.
-The SDK's other integrations (logging, httpx, SQLAlchemy, ...) stay on.
+the same job with one isolation scope and one event processor object per request; request
+data, tags and the transaction name are attached by that processor, i.e. only when an event
+is sent. The SDK's other integrations (logging, httpx, ...) stay on, two of them changed:
+SQLAlchemy in errors-only mode (_sentry_queries.py) and threading (_sentry_threads.py).
 """
 
 from __future__ import annotations
