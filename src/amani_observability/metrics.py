@@ -343,32 +343,24 @@ def instrument_sqlalchemy(engine: Any) -> Any:
     # Connection of the engine dispatch all of its events, about 40 us per query on
     # SQLite, where the dialect's events cost a loop over this one listener.
     dialect = sync_engine.dialect
-    execute, executemany, execute_no_params = (
-        dialect.do_execute,
-        dialect.do_executemany,
-        dialect.do_execute_no_params,
-    )
 
-    def timed_execute(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
-        started = perf_counter()
-        try:
-            execute(cursor, statement, parameters, context)
-        finally:
-            _observe_query(statement, started)
-        return True  # executed: the dialect's own do_execute is skipped
+    def timing(run: Callable[..., Any]) -> Callable[[Any, str, Any, Any], bool]:
+        """A do_execute/do_executemany listener: runs the statement as `run` does, timed."""
 
-    def timed_executemany(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
-        started = perf_counter()
-        try:
-            executemany(cursor, statement, parameters, context)
-        finally:
-            _observe_query(statement, started)
-        return True
+        def timed(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+            started = perf_counter()
+            try:
+                run(cursor, statement, parameters, context)
+            finally:
+                _observe_query(statement, started)
+            return True  # executed: the dialect's own method is skipped
+
+        return timed
 
     def timed_execute_no_params(cursor: Any, statement: str, context: Any) -> bool:
         started = perf_counter()
         try:
-            execute_no_params(cursor, statement, context)
+            dialect.do_execute_no_params(cursor, statement, context)
         finally:
             _observe_query(statement, started)
         return True
@@ -376,8 +368,8 @@ def instrument_sqlalchemy(engine: Any) -> Any:
     event.listen(sync_engine, "checkout", on_checkout)
     event.listen(sync_engine, "checkin", on_checkin)
     event.listen(sync_engine, "detach", on_detach)
-    event.listen(sync_engine, "do_execute", timed_execute)
-    event.listen(sync_engine, "do_executemany", timed_executemany)
+    event.listen(sync_engine, "do_execute", timing(dialect.do_execute))
+    event.listen(sync_engine, "do_executemany", timing(dialect.do_executemany))
     event.listen(sync_engine, "do_execute_no_params", timed_execute_no_params)
     return engine
 
