@@ -73,11 +73,12 @@ def record_queries(on: bool) -> None:
     # engine's own (class-level listeners come first) and leave the execution to them.
     event.listen(Dialect, "do_execute", record_query)
     event.listen(Dialect, "do_executemany", record_executemany)
-    event.listen(Dialect, "do_execute_no_params", record_query_without_parameters)
+    event.listen(Dialect, "do_execute_no_params", record_query)
     _listening = True
 
 
-def record_query(cursor: Any, statement: str, parameters: Any, context: Any) -> None:
+def record_query(cursor: Any, statement: str, *parameters_and_context: Any) -> None:
+    """do_execute and do_execute_no_params: one breadcrumb, the statement its message."""
     if _recording:
         sentry_sdk.add_breadcrumb(message=statement, category="query", data={})
 
@@ -87,8 +88,3 @@ def record_executemany(cursor: Any, statement: str, parameters: Any, context: An
         sentry_sdk.add_breadcrumb(
             message=statement, category="query", data={"db.executemany": True}
         )
-
-
-def record_query_without_parameters(cursor: Any, statement: str, context: Any) -> None:
-    if _recording:
-        sentry_sdk.add_breadcrumb(message=statement, category="query", data={})

@@ -47,6 +47,10 @@ if TYPE_CHECKING:
     from .tracing import TracingMiddleware
 
 
+# The in-progress gauge's stand-in where the request is not measured (never used).
+_NO_GAUGE: Any = None
+
+
 class StackMiddleware:
     """Request ID, tracing, Sentry and metrics for an HTTP request, in one layer."""
 
@@ -128,13 +132,14 @@ class StackMiddleware:
         if metrics is not None:
             method, gauge = metrics.begin(scope, path)
             clock = perf_counter()
+        else:
+            method, gauge, clock = "", _NO_GAUGE, 0.0
 
         # This request's `send`, and what it sees of the response (see _Response).
-        response = _Response(send, scope, entry_root_path, header_pair, access_log, pinned)
-        if metrics is not None:
-            response.metrics = metrics
-            response.method, response.gauge, response.clock = method, gauge, clock
-            response.span_ids = span_ids
+        response = _Response(
+            send, scope, entry_root_path, header_pair, access_log, pinned,
+            metrics, method, gauge, clock, span_ids,
+        )  # fmt: skip
 
         error: Exception | None = None
         error_type: str | None = None
@@ -227,6 +232,11 @@ class _Response:
         header_pair: tuple[bytes, bytes] | None,
         access_log: AccessLog | None,
         pinned: tuple[object, ...],
+        metrics: PrometheusMiddleware | None,
+        method: str,
+        gauge: Any,
+        clock: float,
+        span_ids: TraceIds | None,
     ) -> None:
         self.downstream = downstream  # the server's send
         self.scope = scope
@@ -234,11 +244,12 @@ class _Response:
         self.header_pair = header_pair  # the request ID header to add, if any
         self.access_log = access_log
         self.pinned = pinned  # context variable tokens to step out of for the final send
-        self.metrics: PrometheusMiddleware | None = None  # set with the four below
-        self.method = ""
-        self.gauge: Any = None
-        self.clock = 0.0
-        self.span_ids: TraceIds | None = None
+        # What metrics.finish() needs once the final body is sent (metrics None: nothing).
+        self.metrics = metrics
+        self.method = method
+        self.gauge = gauge
+        self.clock = clock
+        self.span_ids = span_ids
         self.status = 0
         self.route: str | None = None  # the route template, read once the response is sent
         self.routed = False

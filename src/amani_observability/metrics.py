@@ -338,39 +338,32 @@ def instrument_sqlalchemy(engine: Any) -> Any:
         # A detached connection never comes back through checkin.
         gauge.dec()
 
-    # Pool events live on the pool. The queries are timed at the dialect, not with the
-    # Connection's before/after_cursor_execute: one listener there makes every
-    # Connection of the engine dispatch all of its events, about 40 us per query on
-    # SQLite, where the dialect's events cost a loop over this one listener.
+    # The queries are timed at the dialect, not with the Connection's
+    # before/after_cursor_execute: one listener there makes every Connection of the
+    # engine dispatch all of its events, about 40 us per query on SQLite, where the
+    # dialect's events cost a loop over this one listener.
     dialect = sync_engine.dialect
 
-    def timing(run: Callable[..., Any]) -> Callable[[Any, str, Any, Any], bool]:
-        """A do_execute/do_executemany listener: runs the statement as `run` does, timed."""
+    def timing(run: Callable[..., Any]) -> Callable[..., bool]:
+        """A listener for the dialect event of `run`: runs the statement as `run` does
+        (the same arguments), timed."""
 
-        def timed(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+        def timed(cursor: Any, statement: str, *parameters_and_context: Any) -> bool:
             started = perf_counter()
             try:
-                run(cursor, statement, parameters, context)
+                run(cursor, statement, *parameters_and_context)
             finally:
                 _observe_query(statement, started)
             return True  # executed: the dialect's own method is skipped
 
         return timed
 
-    def timed_execute_no_params(cursor: Any, statement: str, context: Any) -> bool:
-        started = perf_counter()
-        try:
-            dialect.do_execute_no_params(cursor, statement, context)
-        finally:
-            _observe_query(statement, started)
-        return True
-
     event.listen(sync_engine, "checkout", on_checkout)
     event.listen(sync_engine, "checkin", on_checkin)
     event.listen(sync_engine, "detach", on_detach)
     event.listen(sync_engine, "do_execute", timing(dialect.do_execute))
     event.listen(sync_engine, "do_executemany", timing(dialect.do_executemany))
-    event.listen(sync_engine, "do_execute_no_params", timed_execute_no_params)
+    event.listen(sync_engine, "do_execute_no_params", timing(dialect.do_execute_no_params))
     return engine
 
 
