@@ -244,7 +244,12 @@ class _LifespanMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
             await self.app(scope, receive, send)
-            return
+        else:
+            await self._lifespan(scope, receive, send)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Apart from __call__: the closures below give this coroutine's frame cells,
+        # made on every call; in __call__ that would be four per HTTP request.
         lifecycle = self.lifecycle
         forwarded_startup = False
 

@@ -76,6 +76,25 @@ def _fast_inc(child: Any) -> Callable[[float], None]:
     return inc if callable(inc) else child.inc  # type: ignore[no-any-return]
 
 
+def fast_observe(child: Any) -> Callable[[float], None]:
+    """The histogram child's observe(): Histogram.observe() minus its per-call checks and
+    its Python loop over the buckets (a bisection finds the same bucket)."""
+    sum_value = getattr(child, "_sum", None)
+    buckets = getattr(child, "_buckets", None)
+    bounds = getattr(child, "_upper_bounds", None)
+    if sum_value is None or buckets is None or bounds is None:  # pragma: no cover
+        return child.observe  # type: ignore[no-any-return]
+    observe_sum = sum_value.inc
+    bucket_incs = tuple(bucket.inc for bucket in buckets)
+    upper_bounds = tuple(bounds)
+
+    def observe(amount: float) -> None:
+        observe_sum(amount)
+        bucket_incs[bisect_left(upper_bounds, amount)](1)
+
+    return observe
+
+
 # (enter, leave) of one in-progress gauge child.
 _Gauge = tuple[Callable[[Any], None], Callable[[], Any]]
 _IN_FLIGHT = "_amani_in_flight"

@@ -40,6 +40,10 @@ from .request_id import (
 )
 
 if TYPE_CHECKING:
+    from contextvars import Token
+
+    from opentelemetry.trace import Span
+
     from ._metrics_middleware import PrometheusMiddleware
     from .logs import AccessLog
     from .request_id import RequestIDMiddleware
@@ -95,12 +99,13 @@ class StackMiddleware:
 
         # Request ID: first, so that everything below can name the request.
         request_ids = self.request_ids
-        header_pair: tuple[bytes, bytes] | None = None
+        id_header: bytes | None = None
+        id_value = b""
         access_log = None
         request_id: str | None
         if request_ids is not None:
             own_id = assign_request_id(scope, header_value(scope, request_ids.header))
-            header_pair = (request_ids.header, own_id.encode("ascii"))
+            id_header, id_value = request_ids.header, own_id.encode("ascii")
             access_log = request_ids.access_log
             if access_log is not None and not access_log.wants(scope):
                 access_log = None
@@ -110,24 +115,32 @@ class StackMiddleware:
             request_id = current_request_id()
         access_started = perf_counter() if access_log is not None else 0.0
 
-        # Tracing: the span is current for Sentry, metrics exemplars and log lines.
-        span = self.tracing.begin(scope, request_id) if self.tracing is not None else None
+        # Tracing: the span is current for Sentry, metrics exemplars and log lines. What
+        # lives as long as the request is kept in locals and slots, not in tuples: each
+        # object alive per request in flight is one more for the young collector to count.
+        span: Span | None = None
+        span_token: object = None
+        span_name = ""
+        span_attributes: dict[str, Any] | None = None
+        if self.tracing is not None:
+            started = self.tracing.begin(scope, request_id)
+            if started is not None:
+                span, span_token, span_name, span_attributes = started
+                del started
         # The trace the exemplar names: the span's own ids, without a look-up.
-        span_ids = self._tracing.sampled_ids(span[0]) if span is not None else current_trace_ids()
-        # The context variables set for this request, stepped out of for the final send
-        # (see _keepalive.py).
-        pinned: tuple[object, ...] = () if span is None else (span[1],)
+        span_ids = self._tracing.sampled_ids(span) if span is not None else current_trace_ids()
         # Sentry: this request's own scopes.
+        isolation_token: Token[Any] | None = None
+        current_token: Token[Any] | None = None
         if self.sentry is not None:
             sentry_module = self._sentry
-            scope_tokens = sentry_module.enter_request_scopes(
+            isolation_token, current_token = sentry_module.enter_request_scopes(
                 sentry_module.RequestEventProcessor(scope, entry_root_path, request_id),
                 # A sampled span of ours gives events and outgoing requests their trace.
                 None
                 if span is not None and span_ids is not None
                 else sentry_module.trace_headers(scope),
             )
-            pinned = (*pinned, *scope_tokens)
         # Metrics: in progress from here.
         if metrics is not None:
             method, gauge = metrics.begin(scope, path)
@@ -137,14 +150,15 @@ class StackMiddleware:
 
         # This request's `send`, and what it sees of the response (see _Response).
         response = _Response(
-            send, scope, entry_root_path, header_pair, access_log, pinned,
+            send, scope, entry_root_path, id_header, id_value, access_log,
+            span_token, isolation_token, current_token,
             metrics, method, gauge, clock, span_ids,
         )  # fmt: skip
 
         error: Exception | None = None
         error_type: str | None = None
         try:
-            await self.app(scope, receive, response.send)
+            await self.app(scope, receive, response)
         except Exception as exc:
             error = exc
             # Each concern's handling, innermost first, as the stacked layers would.
@@ -159,7 +173,7 @@ class StackMiddleware:
             if self.sentry is not None:
                 self._sentry.capture_unhandled(exc)
             if span is not None:
-                error_type = self._tracing.record_error(span[0], exc)
+                error_type = self._tracing.record_error(span, exc)
             raise
         finally:
             status, route = response.status, response.route
@@ -169,18 +183,21 @@ class StackMiddleware:
                 # Returned without a final body (a stream cut short, no response at all),
                 # or cancelled: still count the request and balance the gauge.
                 metrics.finish(method, status, clock, gauge, route, span_ids)
-            if self.sentry is not None:
-                self._sentry.exit_request_scopes(*scope_tokens)
+            if isolation_token is not None and current_token is not None:
+                self._sentry.exit_request_scopes(isolation_token, current_token)
             if span is not None:
-                self._tracing.finish(span, scope, route, status, error_type, response.end_time)
+                self._tracing.finish(
+                    (span, span_token, span_name, span_attributes or {}),
+                    scope, route, status, error_type, response.end_time,
+                )  # fmt: skip
             if request_ids is not None:
                 try:
                     if error is not None:
                         tag_exception(error, own_id)
-                        if not response.started and header_pair is not None:
+                        if not response.started and id_header is not None:
                             # An app without Starlette's error middleware raised before
                             # responding: answer the 500 ourselves, carrying the ID.
-                            await send_internal_error(send, header_pair)
+                            await send_internal_error(send, (id_header, id_value))
                     if access_log is not None:
                         access_status = status or (500 if error is not None else 0)
                         access_log.emit(
@@ -195,30 +212,35 @@ class StackMiddleware:
 
 
 class _Response:
-    """One request's `send` for the stack layer, and what it saw of the response.
+    """One request's `send` for the stack layer (the object itself is what the app
+    calls), and what it saw of the response.
 
     One object with slots where a closure over the same state would make a cell per
-    variable: about 20 more GC-tracked objects per request in flight, each one more
-    reason for the young-generation collector to run under load.
+    variable, and callable where a bound method would be one more object: each object
+    alive per request in flight is one more reason for the young-generation collector
+    to run under load.
     """
 
     __slots__ = (
         "access_log",
         "client_gone",
         "clock",
+        "current_token",
         "downstream",
         "end_time",
         "entry_root_path",
         "finished",
         "gauge",
-        "header_pair",
+        "id_header",
+        "id_value",
+        "isolation_token",
         "method",
         "metrics",
-        "pinned",
         "route",
         "routed",
         "scope",
         "span_ids",
+        "span_token",
         "started",
         "status",
         "trace_ids",
@@ -229,9 +251,12 @@ class _Response:
         downstream: Send,
         scope: Scope,
         entry_root_path: str,
-        header_pair: tuple[bytes, bytes] | None,
+        id_header: bytes | None,
+        id_value: bytes,
         access_log: AccessLog | None,
-        pinned: tuple[object, ...],
+        span_token: object,
+        isolation_token: object,
+        current_token: object,
         metrics: PrometheusMiddleware | None,
         method: str,
         gauge: Any,
@@ -241,9 +266,16 @@ class _Response:
         self.downstream = downstream  # the server's send
         self.scope = scope
         self.entry_root_path = entry_root_path
-        self.header_pair = header_pair  # the request ID header to add, if any
+        # The request ID header to add (None: none) and its value; the pair is made when
+        # the response starts, not held as a tuple for the whole request.
+        self.id_header = id_header
+        self.id_value = id_value
         self.access_log = access_log
-        self.pinned = pinned  # context variable tokens to step out of for the final send
+        # The context variables' tokens (None where not set), stepped out of for the
+        # final send (see _keepalive.py).
+        self.span_token = span_token
+        self.isolation_token = isolation_token
+        self.current_token = current_token
         # What metrics.finish() needs once the final body is sent (metrics None: nothing).
         self.metrics = metrics
         self.method = method
@@ -259,13 +291,14 @@ class _Response:
         self.end_time: int | None = None
         self.trace_ids: TraceIds | None = None  # the span, for the access line
 
-    async def send(self, message: Message) -> None:
+    async def __call__(self, message: Message) -> None:
         message_type = message["type"]
         if message_type == "http.response.start":
             self.status = message["status"]
             self.started = True
-            if self.header_pair is not None:
-                message["headers"] = [*message.get("headers", ()), self.header_pair]
+            if self.id_header is not None:
+                header = (self.id_header, self.id_value)
+                message["headers"] = [*message.get("headers", ()), header]
             if self.access_log is not None:
                 # Remember the span for the access line, written after it has ended.
                 self.trace_ids = current_trace_ids()
@@ -276,8 +309,7 @@ class _Response:
                 # The final body message: stop the clocks once it is sent, before any
                 # background task runs.
                 self.finished = True
-                pinned = self.pinned
-                outside = step_out(pinned) if pinned else None
+                outside = step_out((self.span_token, self.isolation_token, self.current_token))
                 try:
                     await self.downstream(message)
                 except OSError:  # ASGI servers raise it from send() once the client left
