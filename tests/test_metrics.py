@@ -188,6 +188,33 @@ def test_instrument_sqlalchemy_measures_a_real_sqlite_file(tmp_path: Path) -> No
     assert engine._has_events is False
 
 
+def test_query_timings_follow_a_cleared_and_a_replaced_histogram() -> None:
+    # Each operation's histogram child is cached; the cache must notice clear() (which
+    # drops the children) and use_buckets() (which replaces the histogram).
+    from sqlalchemy import create_engine, text
+
+    engine = instrument_sqlalchemy(create_engine("sqlite://"))
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+        conn.execute(text("SELECT 2"))
+        assert query_count("SELECT") == 2.0
+        metrics.db_query_duration_seconds.clear()
+        conn.execute(text("SELECT 3"))
+        assert query_count("SELECT") == 1.0
+        metrics.use_buckets([0.5, 2.0])
+        conn.execute(text("SELECT 4"))
+    engine.dispose()
+
+    def bucket(le: str) -> float | None:
+        return REGISTRY.get_sample_value(
+            "db_query_duration_seconds_bucket", {"operation": "SELECT", "le": le}
+        )
+
+    assert query_count("SELECT") == 1.0  # the new histogram's one query
+    assert (bucket("0.5"), bucket("2.0"), bucket("+Inf")) == (1.0, 1.0, 1.0)
+    assert bucket("0.005") is None  # not the old layout
+
+
 async def test_instrument_sqlalchemy_measures_an_async_engine(tmp_path: Path) -> None:
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
