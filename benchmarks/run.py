@@ -1,8 +1,14 @@
 """`make bench`: run every benchmark group, print the table, write results JSON.
 
-    python -m benchmarks.run [--rounds 15] [--requests 2000] [--only GROUP] [--out FILE]
+    python -m benchmarks.run [--rounds 60] [--processes 3] [--requests 200] [--only GROUP]
 
-Each group runs in its own process (see harness.py); the table puts them side by side.
+Each group runs in its own process (see harness.py), and in several of them: the rounds
+are split over `--processes` passes, each pass running every group once, one after the
+other. The same code measured in separate processes differs by more than one process's
+own spread (an overhead of a few microseconds came out anywhere from -3 to +20 us here),
+and a pass a few minutes later meets the machine in another state. So every figure in the
+table is the median over the passes of that process's figure, each taken against the
+bare baseline of its own process; the table puts the groups side by side.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import json
 import os
 import pkgutil
 import platform
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +50,8 @@ def run_group(group: str, rounds: int, requests: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=60, help="rounds per case, all passes")
+    parser.add_argument("--processes", type=int, default=3, help="passes, one process each")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--only", help="run one group, in this process, and print its JSON")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
@@ -55,34 +63,15 @@ def main(argv: list[str] | None = None) -> int:
 
     cases = all_cases()
     groups = sorted({c.group for c in cases}, key=lambda g: (g != "main", g))
-    rows: list[dict[str, Any]] = []
-    for group in groups:
-        print(f"running group {group!r} ...", file=sys.stderr)
-        process = subprocess.run(
-            [sys.executable, "-m", "benchmarks.run", "--only", group,
-             "--rounds", str(args.rounds), "--requests", str(args.requests)],
-            capture_output=True, text=True,
-        )  # fmt: skip
-        if process.returncode != 0:
-            # Show why the group failed instead of a bare CalledProcessError.
-            sys.stderr.write(process.stderr)
-            raise SystemExit(f"group {group!r} failed (exit status {process.returncode})")
-        medians = json.loads(process.stdout.strip().splitlines()[-1])
-        bare = medians[BARE]
-        for case in [BARE_CASE, *(c for c in cases if c.group == group)]:
-            us = medians[case.name]
-            rows.append(
-                {
-                    "group": group,
-                    "configuration": case.name,
-                    "us_per_request": round(us, 1),
-                    "overhead_us": round(us - bare, 1),
-                    "x_bare": round(us / bare, 3),
-                    "peer": case.peer,
-                    "target": case.target,
-                    "bare_target": case.bare_target,
-                }
-            )
+    passes = max(1, args.processes)
+    rounds = max(1, args.rounds // passes)
+    # group -> one {case: us per request} per pass
+    measured: dict[str, list[dict[str, float]]] = {group: [] for group in groups}
+    for number in range(1, passes + 1):
+        for group in groups:
+            print(f"pass {number}/{passes}: running group {group!r} ...", file=sys.stderr)
+            measured[group].append(_run_process(group, rounds, args.requests))
+    rows = aggregate({g: [c for c in cases if c.group == g] for g in groups}, measured)
     by_name = {(r["group"], r["configuration"]): r for r in rows}
     for row in rows:
         if row["peer"]:
@@ -108,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "python": platform.python_version(),
                 "machine": platform.machine(),
-                "rounds": args.rounds,
+                "rounds": rounds * passes,
+                "processes": passes,
                 "requests_per_round": args.requests,
                 "rows": rows,
             },
@@ -124,6 +114,48 @@ def main(argv: list[str] | None = None) -> int:
     if missed:
         print(f"targets missed: {', '.join(missed)}", file=sys.stderr)
     return 1 if missed else 0
+
+
+def aggregate(
+    cases: dict[str, list[Case]], measured: dict[str, list[dict[str, float]]]
+) -> list[dict[str, Any]]:
+    """The table's rows: for each group's cases (bare first), the median over the passes
+    of each process's microseconds, overhead against its own bare case, and x bare."""
+    rows: list[dict[str, Any]] = []
+    for group, group_cases in cases.items():
+        runs = measured[group]
+        for case in [BARE_CASE, *group_cases]:
+            name = case.name
+            overheads = [run[name] - run[BARE] for run in runs]
+            rows.append(
+                {
+                    "group": group,
+                    "configuration": name,
+                    "us_per_request": round(statistics.median(run[name] for run in runs), 1),
+                    "overhead_us": round(statistics.median(overheads), 1),
+                    "x_bare": round(statistics.median(run[name] / run[BARE] for run in runs), 3),
+                    "overhead_us_per_process": [round(value, 1) for value in overheads],
+                    "peer": case.peer,
+                    "target": case.target,
+                    "bare_target": case.bare_target,
+                }
+            )
+    return rows
+
+
+def _run_process(group: str, rounds: int, requests: int) -> dict[str, float]:
+    """One group in a fresh process: each case's microseconds per request."""
+    process = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--only", group,
+         "--rounds", str(rounds), "--requests", str(requests)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if process.returncode != 0:
+        # Show why the group failed instead of a bare CalledProcessError.
+        sys.stderr.write(process.stderr)
+        raise SystemExit(f"group {group!r} failed (exit status {process.returncode})")
+    result: dict[str, float] = json.loads(process.stdout.strip().splitlines()[-1])
+    return result
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
