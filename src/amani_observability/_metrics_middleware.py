@@ -76,17 +76,30 @@ def _fast_inc(child: Any) -> Callable[[float], None]:
     return inc if callable(inc) else child.inc  # type: ignore[no-any-return]
 
 
-def fast_observe(child: Any) -> Callable[[float], None]:
-    """The histogram child's observe(): Histogram.observe() minus its per-call checks and
-    its Python loop over the buckets (a bisection finds the same bucket)."""
+# A histogram child's sum increment, bucket upper bounds and bucket increments.
+_HistogramParts = tuple[
+    Callable[[float], None], tuple[float, ...], tuple[Callable[[float], None], ...]
+]
+
+
+def _histogram_parts(child: Any) -> _HistogramParts | None:
+    """What Histogram.observe() updates, looked up once; None where prometheus_client's
+    internals are not the ones we know."""
     sum_value = getattr(child, "_sum", None)
     buckets = getattr(child, "_buckets", None)
     bounds = getattr(child, "_upper_bounds", None)
     if sum_value is None or buckets is None or bounds is None:  # pragma: no cover
+        return None
+    return sum_value.inc, tuple(bounds), tuple(bucket.inc for bucket in buckets)
+
+
+def fast_observe(child: Any) -> Callable[[float], None]:
+    """The histogram child's observe(): Histogram.observe() minus its per-call checks and
+    its Python loop over the buckets (a bisection finds the same bucket)."""
+    parts = _histogram_parts(child)
+    if parts is None:  # pragma: no cover
         return child.observe  # type: ignore[no-any-return]
-    observe_sum = sum_value.inc
-    bucket_incs = tuple(bucket.inc for bucket in buckets)
-    upper_bounds = tuple(bounds)
+    observe_sum, upper_bounds, bucket_incs = parts
 
     def observe(amount: float) -> None:
         observe_sum(amount)
@@ -320,15 +333,12 @@ class PrometheusMiddleware:
 
     def _series(self, method: str, template: str, code: int) -> _Series:
         histogram = self.duration.labels(method, template)
-        sum_value = getattr(histogram, "_sum", None)
-        buckets = getattr(histogram, "_buckets", None)
-        bounds = getattr(histogram, "_upper_bounds", None)
         exemplar_setters: tuple[Callable[[Exemplar], None], ...] | None = None
-        if sum_value is not None and buckets is not None and bounds is not None:
+        parts = _histogram_parts(histogram)
+        if parts is not None:
             # What Histogram.observe() does, minus its per-call checks and Python loop.
-            observe_sum = sum_value.inc
-            bucket_incs = tuple(bucket.inc for bucket in buckets)
-            upper_bounds = tuple(bounds)
+            observe_sum, upper_bounds, bucket_incs = parts
+            buckets = histogram._buckets
             if all(callable(getattr(bucket, "set_exemplar", None)) for bucket in buckets):
                 exemplar_setters = tuple(bucket.set_exemplar for bucket in buckets)
         else:  # pragma: no cover - a prometheus_client without these internals

@@ -309,7 +309,11 @@ class _Response:
                 # The final body message: stop the clocks once it is sent, before any
                 # background task runs.
                 self.finished = True
-                outside = step_out((self.span_token, self.isolation_token, self.current_token))
+                outside = (
+                    step_out((self.span_token, self.isolation_token, self.current_token))
+                    if self.span_token is not None or self.isolation_token is not None
+                    else None
+                )
                 try:
                     await self.downstream(message)
                 except OSError:  # ASGI servers raise it from send() once the client left

@@ -252,7 +252,7 @@ class track_db_query:  # lower case: it reads like a function, track_db_query("s
         self._started: list[float] = []
 
     def _observe(self, started: float) -> None:
-        db_query_duration_seconds.labels(self._operation).observe(perf_counter() - started)
+        _observe_duration(self._operation, perf_counter() - started)
 
     def __enter__(self) -> track_db_query:
         # A stack, so one object may be entered again (nested or reused) safely.
@@ -374,18 +374,24 @@ def instrument_sqlalchemy(engine: Any) -> Any:
     return engine
 
 
+def _observe_query(statement: str, started: float) -> None:
+    elapsed = perf_counter() - started
+    _observe_duration(sql_operation(statement), elapsed)
+
+
 # Per operation: (the histogram, its child, the child's key, the child's fast observe).
 _query_series: dict[str, tuple[Histogram, Any, tuple[str], Callable[[float], None]]] = {}
 
 
-def _observe_query(statement: str, started: float) -> None:
-    elapsed = perf_counter() - started
-    operation = sql_operation(statement)
+def _observe_duration(operation: str, seconds: float) -> None:
+    """One query's duration in db_query_duration_seconds{operation}.
+
+    .labels() and Histogram.observe() cost ~7 us a query; a cached child ~1 us. The cache
+    is checked against the registry's own: use_buckets() replaces the histogram, and
+    clear() drops its children.
+    """
     histogram = db_query_duration_seconds
     series = _query_series.get(operation)
-    # .labels() and Histogram.observe() cost ~7 us a query; a cached child ~1 us. The
-    # cache is checked against the registry's own: use_buckets() replaces the histogram,
-    # and clear() drops its children.
     if (
         series is None
         or series[0] is not histogram
@@ -393,4 +399,4 @@ def _observe_query(statement: str, started: float) -> None:
     ):
         child = histogram.labels(operation)
         series = _query_series[operation] = (histogram, child, (operation,), fast_observe(child))
-    series[3](elapsed)
+    series[3](seconds)
