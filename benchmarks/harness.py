@@ -5,7 +5,7 @@ with its own bare FastAPI baseline, because some peers patch libraries process-w
 (sentry-sdk's integrations patch Starlette on init) and would tax every other case.
 Within a process the cases run interleaved, round after round, so drift on a noisy
 machine hits them all alike; we report a low quantile of many short samples (see
-`_low`) and compare overheads as ratios.
+`low_quantile`) and compare overheads as ratios.
 """
 
 from __future__ import annotations
@@ -135,10 +135,10 @@ async def measure(cases: list[Case], *, rounds: int, requests: int) -> dict[str,
             samples[case.name].append(await _time(apps[case.name], case, requests))
     for lifespan in lifespans:
         await lifespan.stop()
-    return {name: _low(values) for name, values in samples.items()}
+    return {name: low_quantile(values) for name, values in samples.items()}
 
 
-def _low(values: list[float]) -> float:
+def low_quantile(values: list[float]) -> float:
     """The 20th percentile: interference on a shared machine only ever adds time, so a low
     quantile of many short samples tracks the true cost better than the median."""
     ordered = sorted(values)

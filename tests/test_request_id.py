@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -108,6 +111,39 @@ def test_new_request_ids_are_distinct_hex() -> None:
     ids = {new_request_id() for _ in range(1000)}
     assert len(ids) == 1000
     assert all(GENERATED.fullmatch(i) for i in ids)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX-only")
+def test_a_forked_worker_does_not_reuse_ids_drawn_before_the_fork() -> None:
+    new_request_id()  # the parent now holds IDs drawn but not yet handed out
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about forking a process that has threads; this child runs
+        # no code that takes a lock.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: report its next IDs, then leave without cleanup
+        try:
+            os.write(write_end, " ".join(new_request_id() for _ in range(70)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        child_ids = pipe.read().split()
+    os.waitpid(pid, 0)
+    parent_ids = [new_request_id() for _ in range(70)]
+    assert len(child_ids) == 70
+    assert all(GENERATED.fullmatch(i) for i in child_ids)
+    assert set(child_ids).isdisjoint(parent_ids)
+
+
+def test_ids_handed_out_from_many_threads_are_all_distinct() -> None:
+    def draw(_: int) -> list[str]:
+        return [new_request_id() for _ in range(500)]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        ids = [i for batch in pool.map(draw, range(8)) for i in batch]
+    assert len(set(ids)) == 4000
 
 
 async def test_context_is_reset_after_the_request() -> None:

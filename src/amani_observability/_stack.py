@@ -26,7 +26,6 @@ from ._asgi import (
     Scope,
     Send,
     app_path,
-    header_value,
     route_template,
 )
 from ._correlation import TraceIds, current_trace_ids
@@ -104,8 +103,8 @@ class StackMiddleware:
         access_log = None
         request_id: str | None
         if request_ids is not None:
-            own_id = assign_request_id(scope, header_value(scope, request_ids.header))
-            id_header, id_value = request_ids.header, own_id.encode("ascii")
+            id_header = request_ids.header
+            own_id, id_value = assign_request_id(scope, id_header)
             access_log = request_ids.access_log
             if access_log is not None and not access_log.wants(scope):
                 access_log = None

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import re
 from contextvars import ContextVar
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from ._asgi import ASGIApp, Message, Receive, Scope, Send, header_value
+from ._asgi import ASGIApp, Message, Receive, Scope, Send
 from ._correlation import TraceIds, current_trace_ids
 
 if TYPE_CHECKING:
@@ -41,14 +42,37 @@ request_id_var: ContextVar[str | None] = ContextVar("amani_request_id", default=
 _INTERNAL_ERROR_BODY = b"Internal Server Error"
 
 
+# IDs are drawn 64 at a time: one 8192-bit number, formatted once and sliced, saves
+# about 1,000 instructions per ID over formatting each one alone (callgrind). A forked
+# worker drops the IDs it inherited, so that no two workers hand out the same ones.
+_IDS_PER_DRAW = 64
+_drawn_ids: list[str] = []
+_next_drawn_id = _drawn_ids.pop
+
+
+def _draw_ids() -> str:
+    """Refill the drawn IDs and return one more."""
+    digits = f"{_random_bits(128 * _IDS_PER_DRAW):0{32 * _IDS_PER_DRAW}x}"
+    _drawn_ids.extend([digits[i : i + 32] for i in range(32, 32 * _IDS_PER_DRAW, 32)])
+    return digits[:32]
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_drawn_ids.clear)
+
+
 def new_request_id() -> str:
     """32 random hex digits (128 bits): a valid W3C trace id too.
 
     From `random`, like OpenTelemetry's trace ids: a request ID correlates, it guards
     nothing, and `os.urandom()` costs a system call per request. `random` is reseeded in
-    each forked worker, so workers never repeat each other's IDs.
+    each forked worker, and the IDs drawn before the fork are dropped there, so workers
+    never repeat each other's IDs.
     """
-    return f"{_random_bits(128):032x}"
+    try:
+        return _next_drawn_id()
+    except IndexError:  # none left (the list's pop is atomic: safe from any thread)
+        return _draw_ids()
 
 
 def get_request_id(request: Any = None) -> str | None:
@@ -72,21 +96,38 @@ def current_request_id() -> str | None:
     return request_id_var.get()
 
 
-def assign_request_id(scope: Scope, incoming: bytes | None) -> str:
-    """The request's ID: the incoming one when it is safe, else a new one; kept in
-    `scope["state"]` for `get_request_id(request)`."""
-    if incoming is not None and _accept(incoming):
-        request_id = incoming.decode("ascii")
+def assign_request_id(scope: Scope, header: bytes) -> tuple[str, bytes]:
+    """The request's ID, as text and as bytes: the incoming `header` when it is safe,
+    else a new one. Kept in `scope["state"]` for `get_request_id(request)`.
+
+    One function for the look-up, the check and the new ID: it runs on every request,
+    and each Python call saved is a few hundred instructions.
+    """
+    for key, value in scope.get("headers", ()):
+        if key == header:
+            request_id, id_bytes = _checked_incoming_id(value)
+            break
     else:
-        if incoming is not None:
-            logger.warning(REJECTED_REQUEST_ID)
-        request_id = new_request_id()
+        try:
+            request_id = _next_drawn_id()
+        except IndexError:
+            request_id = _draw_ids()
+        id_bytes = request_id.encode("ascii")
     state = scope.get("state")
     if state is None:
         scope["state"] = {"request_id": request_id}
     else:
         state["request_id"] = request_id
-    return request_id
+    return request_id, id_bytes
+
+
+def _checked_incoming_id(value: bytes) -> tuple[str, bytes]:
+    incoming = bytes(value)
+    if _accept(incoming):
+        return incoming.decode("ascii"), incoming
+    logger.warning(REJECTED_REQUEST_ID)
+    request_id = new_request_id()
+    return request_id, request_id.encode("ascii")
 
 
 class RequestIDMiddleware:
@@ -110,25 +151,25 @@ class RequestIDMiddleware:
             await self.app(scope, receive, send)
             return
 
-        request_id = assign_request_id(scope, header_value(scope, self.header))
-        header_pair = (self.header, request_id.encode("ascii"))
+        request_id, id_bytes = assign_request_id(scope, self.header)
+        header_pair = (self.header, id_bytes)
 
         access_log = self.access_log
-        if access_log is not None and not access_log.wants(scope):
-            access_log = None
-        status = 0
-        started = perf_counter() if access_log is not None else 0.0
-        response_started = False
-
+        started = 0.0
+        if access_log is not None:
+            if access_log.wants(scope):
+                started = perf_counter()
+            else:
+                access_log = None
+        status = 0  # the response's status once it has started; 0 until then
         trace_ids: TraceIds | None = None
 
         # A plain function handing back the server's own awaitable: nothing is left to do
         # after the send, so no coroutine of ours per message.
         def send_with_request_id(message: Message) -> Awaitable[None]:
-            nonlocal status, response_started, trace_ids
+            nonlocal status, trace_ids
             message_type = message["type"]
             if message_type == "http.response.start" or message_type == "websocket.accept":
-                response_started = True
                 status = message.get("status", 101)
                 message["headers"] = [*message.get("headers", ()), header_pair]
                 if access_log is not None:
@@ -142,13 +183,12 @@ class RequestIDMiddleware:
             await self.app(scope, receive, send_with_request_id)
         except Exception as exc:
             tag_exception(exc, request_id)
-            if scope_type == "http" and not response_started:
-                # A bare ASGI app raised before responding: answer the 500 ourselves so
-                # it carries the ID, then re-raise so the server logs the error as usual.
+            if status == 0:
                 status = 500
-                await send_internal_error(send, header_pair)
-            elif status == 0:
-                status = 500
+                if scope_type == "http":
+                    # A bare ASGI app raised before responding: answer the 500 ourselves
+                    # so it carries the ID, then re-raise so the server logs the error.
+                    await send_internal_error(send, header_pair)
             raise
         finally:
             if access_log is not None:
