@@ -20,6 +20,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from amani_observability import get_request_id
+from amani_observability import request_id as request_id_module
 from amani_observability.request_id import (
     REJECTED_REQUEST_ID,
     RequestIDMiddleware,
@@ -115,7 +116,9 @@ def test_new_request_ids_are_distinct_hex() -> None:
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX-only")
 def test_a_forked_worker_does_not_reuse_ids_drawn_before_the_fork() -> None:
-    new_request_id()  # the parent now holds IDs drawn but not yet handed out
+    request_id_module._drawn_ids.clear()
+    new_request_id()
+    assert len(request_id_module._drawn_ids) == 63  # drawn, not yet handed out
     read_end, write_end = os.pipe()
     with warnings.catch_warnings():
         # Python 3.12+ warns about forking a process that has threads; this child runs

@@ -100,18 +100,15 @@ def assign_request_id(scope: Scope, header: bytes) -> tuple[str, bytes]:
     """The request's ID, as text and as bytes: the incoming `header` when it is safe,
     else a new one. Kept in `scope["state"]` for `get_request_id(request)`.
 
-    One function for the look-up, the check and the new ID: it runs on every request,
-    and each Python call saved is a few hundred instructions.
+    One function for the look-up and the check: it runs on every request, and each
+    Python call saved is a few hundred instructions.
     """
     for key, value in scope.get("headers", ()):
         if key == header:
             request_id, id_bytes = _checked_incoming_id(value)
             break
     else:
-        try:
-            request_id = _next_drawn_id()
-        except IndexError:
-            request_id = _draw_ids()
+        request_id = new_request_id()
         id_bytes = request_id.encode("ascii")
     state = scope.get("state")
     if state is None:
