@@ -13,7 +13,7 @@ import asyncio
 import gc
 import weakref
 from collections.abc import Iterator
-from contextvars import Context, ContextVar
+from contextvars import ContextVar, copy_context
 from typing import Any
 
 import httpx
@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from sentry_sdk.scope import remove_external_propagation_context
 
 from amani_observability import ObservabilitySettings, instrument, tracing
-from amani_observability._keepalive import is_final_body, step_back, step_out
+from amani_observability._keepalive import awaited_in, is_final_body
 from amani_observability._stack import StackMiddleware
 from amani_observability.sentry import SentryMiddleware
 from amani_observability.tracing import TracingMiddleware
@@ -164,30 +164,59 @@ async def test_the_connections_keep_alive_timer_holds_none_of_the_request(
     assert result == expected
 
 
-def test_step_out_gives_each_variable_its_value_from_before_the_request() -> None:
-    def scenario() -> list[Any]:
-        with_default: ContextVar[str] = ContextVar("with_default", default="default")
-        without_default: ContextVar[str] = ContextVar("without_default")
-        set_before: ContextVar[str] = ContextVar("set_before")
-        set_before.set("outer")
-        tokens = [
-            with_default.set("request"),
-            without_default.set("request"),
-            set_before.set("request"),
-            object(),  # not a ContextVar token: left alone
-        ]
-        outside = step_out(tokens)
-        during = [with_default.get(), without_default.get(), set_before.get()]
-        step_back(outside)
-        after = [with_default.get(), without_default.get(), set_before.get()]
-        return [during, after, len(outside)]
+def test_awaited_in_runs_every_step_in_the_given_context() -> None:
+    request_var: ContextVar[str] = ContextVar("request_var", default="unset")
 
-    # An unset variable without a default cannot be unset again: it keeps its value.
-    assert Context().run(scenario) == [
-        ["default", "request", "outer"],
-        ["request", "request", "request"],
-        2,
-    ]
+    async def server_send(message: str) -> str:
+        # A send that waits on the event loop twice (as uvicorn's does when the
+        # transport is paused), reading the variable at each step.
+        seen = [request_var.get()]
+        await asyncio.sleep(0)
+        seen.append(request_var.get())
+        await asyncio.get_running_loop().run_in_executor(None, lambda: None)
+        seen.append(request_var.get())
+        return f"{message}: {seen}"
+
+    async def failing_send() -> None:
+        await asyncio.sleep(0)
+        raise OSError("client gone")
+
+    async def request() -> list[Any]:
+        outside = copy_context()
+        request_var.set("request")
+        sent = await awaited_in(outside, server_send("body"))
+        with pytest.raises(OSError, match="client gone"):
+            await awaited_in(outside, failing_send())
+        # A future, not a coroutine, is awaited too.
+        future = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(future.set_result, 7)
+        from_future = await awaited_in(outside, future)
+        return [sent, from_future, request_var.get()]
+
+    assert asyncio.run(request()) == ["body: ['unset', 'unset', 'unset']", 7, "request"]
+
+
+def test_awaited_in_passes_cancellation_to_the_awaitable() -> None:
+    cleaned_up: list[str] = []
+
+    async def hanging_send() -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            cleaned_up.append("send")
+
+    async def main() -> str:
+        task = asyncio.ensure_future(awaited_in(copy_context(), hanging_send()))
+        await asyncio.sleep(0)
+        task.cancel()
+        try:
+            await asyncio.wait_for(task, timeout=5)
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "not cancelled"
+
+    assert asyncio.run(main()) == "cancelled"
+    assert cleaned_up == ["send"]
 
 
 @pytest.mark.parametrize(

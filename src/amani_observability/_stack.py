@@ -15,6 +15,7 @@ transactions are on (the transaction wraps the request, a slow path anyway).
 
 from __future__ import annotations
 
+from contextvars import Context, copy_context
 from time import perf_counter, time_ns
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,7 @@ from ._asgi import (
     route_template,
 )
 from ._correlation import TraceIds, current_trace_ids
-from ._keepalive import step_back, step_out
+from ._keepalive import awaited_in
 from .request_id import (
     assign_request_id,
     current_request_id,
@@ -96,6 +97,10 @@ class StackMiddleware:
             if metrics.excluded(path):
                 metrics = None
 
+        # The context before anything below sets a variable, for the final send (see
+        # _keepalive.py): only Sentry's scopes and the span are worth keeping out of it.
+        outside = copy_context() if self.sentry is not None or self.tracing is not None else None
+
         # Request ID: first, so that everything below can name the request.
         request_ids = self.request_ids
         id_header: bytes | None = None
@@ -149,8 +154,7 @@ class StackMiddleware:
 
         # This request's `send`, and what it sees of the response (see _Response).
         response = _Response(
-            send, scope, entry_root_path, id_header, id_value, access_log,
-            span_token, isolation_token, current_token,
+            send, scope, entry_root_path, id_header, id_value, access_log, outside,
             metrics, method, gauge, clock, span_ids,
         )  # fmt: skip
 
@@ -224,7 +228,6 @@ class _Response:
         "access_log",
         "client_gone",
         "clock",
-        "current_token",
         "downstream",
         "end_time",
         "entry_root_path",
@@ -232,14 +235,13 @@ class _Response:
         "gauge",
         "id_header",
         "id_value",
-        "isolation_token",
         "method",
         "metrics",
+        "outside",
         "route",
         "routed",
         "scope",
         "span_ids",
-        "span_token",
         "started",
         "status",
         "trace_ids",
@@ -253,9 +255,7 @@ class _Response:
         id_header: bytes | None,
         id_value: bytes,
         access_log: AccessLog | None,
-        span_token: object,
-        isolation_token: object,
-        current_token: object,
+        outside: Context | None,
         metrics: PrometheusMiddleware | None,
         method: str,
         gauge: Any,
@@ -270,11 +270,8 @@ class _Response:
         self.id_header = id_header
         self.id_value = id_value
         self.access_log = access_log
-        # The context variables' tokens (None where not set), stepped out of for the
-        # final send (see _keepalive.py).
-        self.span_token = span_token
-        self.isolation_token = isolation_token
-        self.current_token = current_token
+        # The context from before the request, for the final send (None: the current one).
+        self.outside = outside
         # What metrics.finish() needs once the final body is sent (metrics None: nothing).
         self.metrics = metrics
         self.method = method
@@ -308,19 +305,15 @@ class _Response:
                 # The final body message: stop the clocks once it is sent, before any
                 # background task runs.
                 self.finished = True
-                outside = (
-                    step_out((self.span_token, self.isolation_token, self.current_token))
-                    if self.span_token is not None or self.isolation_token is not None
-                    else None
-                )
                 try:
-                    await self.downstream(message)
+                    if self.outside is None:
+                        await self.downstream(message)
+                    else:
+                        await awaited_in(self.outside, self.downstream(message))
                 except OSError:  # ASGI servers raise it from send() once the client left
                     self.client_gone = True
                     raise
                 finally:
-                    if outside:
-                        step_back(outside)
                     self.route = route = route_template(self.scope, self.entry_root_path)
                     self.routed = True
                     metrics = self.metrics

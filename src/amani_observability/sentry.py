@@ -19,7 +19,7 @@ import logging
 import re
 import warnings
 from collections.abc import Callable, Mapping
-from contextvars import Token
+from contextvars import Token, copy_context
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
@@ -268,13 +268,14 @@ class SentryMiddleware:
             return
         entry_root_path = scope.get("root_path", "")
         processor = RequestEventProcessor(scope, entry_root_path, current_request_id())
+        outside = copy_context()  # before the request's scopes: for the final send
         isolation_token, current_token = enter_request_scopes(processor, trace_headers(scope))
         try:
             if self.transactions and not self.excluded_path(scope["path"]):
                 await self._traced(scope, receive, send, entry_root_path)
                 return
             if scope_type == "http":
-                send = sending_outside(send, (isolation_token, current_token))
+                send = sending_outside(send, outside)
             try:
                 await self.app(scope, receive, send)
             except Exception as exc:

@@ -24,6 +24,7 @@ import logging
 import re
 import uuid
 from collections.abc import Callable, Sequence
+from contextvars import copy_context
 from time import time_ns
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -289,6 +290,8 @@ class TracingMiddleware:
                 _quiet_fastapi_tracing(scope.get("app"))
             await self.app(scope, receive, send)
             return
+        # The context before the span is made current, for the final send.
+        outside = copy_context() if scope_type == "http" else None
         started = self.begin(scope)
         if started is None:
             await self.app(scope, receive, send)
@@ -297,8 +300,8 @@ class TracingMiddleware:
         entry_root_path = scope.get("root_path", "")
         status_code = 0
         end_time: int | None = None
-        if scope_type == "http":
-            send = sending_outside(send, (started[1],))
+        if outside is not None:
+            send = sending_outside(send, outside)
 
         async def send_traced(message: Message) -> None:
             nonlocal status_code, end_time
