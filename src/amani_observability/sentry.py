@@ -44,6 +44,7 @@ from ._asgi import UNMATCHED_ROUTE, ASGIApp, Message, Receive, Scope, Send, comp
 from ._asgi import route_template as _route_template
 from ._correlation import current_trace_ids
 from ._keepalive import sending_outside
+from ._sentry_fork import ScopeCopier, scope_copier
 from ._sentry_queries import (
     listed,
     record_queries,
@@ -322,13 +323,15 @@ class SentryMiddleware:
 # them), or one that start-up log lines filled with breadcrumbs (each fork would copy
 # them). Data meant for every request belongs on the global scope, which events still get.
 _blank_scopes: tuple[_SentryScope, _SentryScope] | None = None
-# What fork() ends in, two Python calls later.
-_copy_scope: Callable[[_SentryScope], _SentryScope] = _SentryScope.__copy__
+# How a request's scope is forked from a blank one: Scope.__copy__ until _blank() has
+# checked the faster fork_scope against it (see _sentry_fork.py).
+_copy_scope: ScopeCopier = _SentryScope.__copy__
 
 
 def _blank() -> tuple[_SentryScope, _SentryScope]:
-    global _blank_scopes
+    global _blank_scopes, _copy_scope
     if _blank_scopes is None:
+        _copy_scope = scope_copier()
         _blank_scopes = (
             _SentryScope(ty=ScopeType.ISOLATION),
             _SentryScope(ty=ScopeType.CURRENT),

@@ -1,0 +1,62 @@
+"""The request scopes' fork: what Scope.__copy__() makes, checked against it at start-up."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sentry_sdk.scope import Scope
+
+from amani_observability import _sentry_fork
+from amani_observability._sentry_fork import fork_scope, scope_copier
+
+
+def test_the_installed_sentry_sdk_gets_the_fast_fork() -> None:
+    assert scope_copier() is fork_scope
+
+
+def test_a_fork_equals_the_sdks_copy_and_owns_its_containers() -> None:
+    probe = _sentry_fork._probe_scope()
+    theirs, ours = probe.__copy__(), fork_scope(probe)
+    assert type(ours) is Scope
+    for name in Scope.__slots__:
+        assert _sentry_fork._same_field(probe, theirs, ours, name), name
+    ours.set_tag("request", "own")
+    ours._breadcrumbs.append({"message": "own"})
+    ours.flags.set("own", False)
+    assert probe._tags == {"tag": "value"}
+    assert list(probe._breadcrumbs) == [{"message": "probe", "type": "default"}]
+    assert probe.flags.get() == [{"flag": "flag", "result": True}]
+    assert ours.flags.get() == [{"flag": "flag", "result": True}, {"flag": "own", "result": False}]
+
+
+def test_a_scope_with_another_field_keeps_the_sdks_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As in a sentry-sdk whose Scope gained a field that fork_scope() would not copy.
+    monkeypatch.setattr(_sentry_fork, "_FIELDS", _sentry_fork._FIELDS - {"_attributes"})
+    assert scope_copier() is Scope.__copy__
+
+
+def test_a_fork_that_shares_a_container_keeps_the_sdks_copy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_fork = _sentry_fork.fork_scope
+
+    def sharing_tags(scope: Scope) -> Any:
+        fork: Any = real_fork(scope)
+        fork._tags = scope._tags  # what a wrong fork would do: share the request's tags
+        return fork
+
+    monkeypatch.setattr(_sentry_fork, "fork_scope", sharing_tags)
+    assert scope_copier() is Scope.__copy__
+
+
+def test_a_fork_that_drops_a_value_keeps_the_sdks_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_fork = _sentry_fork.fork_scope
+
+    def dropping_level(scope: Scope) -> Any:
+        fork: Any = real_fork(scope)
+        fork._level = None
+        return fork
+
+    monkeypatch.setattr(_sentry_fork, "fork_scope", dropping_level)
+    assert scope_copier() is Scope.__copy__
