@@ -231,3 +231,31 @@ def test_awaited_in_passes_cancellation_to_the_awaitable() -> None:
 )
 def test_is_final_body(message: dict[str, Any], final: bool) -> None:
     assert is_final_body(message) is final
+
+
+class _PlainAwaitable:
+    """An awaitable whose iterator has neither throw() nor close(), as `await` allows."""
+
+    def __init__(self, future: asyncio.Future[int]) -> None:
+        self.future = future
+
+    def __await__(self) -> Any:
+        return iter(self._steps())
+
+    def _steps(self) -> list[Any]:
+        return [self.future]
+
+
+def test_awaited_in_raises_cancellation_where_the_awaitable_cannot_take_it() -> None:
+    async def main() -> str:
+        future = asyncio.get_running_loop().create_future()
+        task = asyncio.ensure_future(awaited_in(copy_context(), _PlainAwaitable(future)))
+        await asyncio.sleep(0)
+        task.cancel()
+        try:
+            await asyncio.wait_for(task, timeout=5)
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "not cancelled"
+
+    assert asyncio.run(main()) == "cancelled"

@@ -32,7 +32,7 @@ def awaited_in(context: Context, awaitable: Awaitable[Any]) -> Generator[Any, An
     Entering a context is a pointer swap; setting and resetting each variable instead
     would build a new context mapping every time (three pairs: about 1.4 us).
     """
-    iterator: Any = awaitable if type(awaitable) is _Coroutine else awaitable.__await__()
+    iterator: Any = awaitable if type(awaitable) is _Coroutine else _delegating(awaitable)
     run = context.run
     step, value = iterator.send, None
     while True:
@@ -48,6 +48,11 @@ def awaited_in(context: Context, awaitable: Awaitable[Any]) -> Generator[Any, An
             raise
         except BaseException as exc:  # cancellation included: the awaitable decides
             step, value = iterator.throw, exc
+
+
+def _delegating(awaitable: Awaitable[Any]) -> Generator[Any, Any, Any]:
+    """Any other awaitable as a generator: send(), throw() and close() as `await` has them."""
+    return (yield from awaitable.__await__())
 
 
 def is_final_body(message: Message) -> bool:
