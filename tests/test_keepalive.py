@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar, copy_context
 from typing import Any
 
@@ -205,18 +205,20 @@ def test_awaited_in_passes_cancellation_to_the_awaitable() -> None:
         finally:
             cleaned_up.append("send")
 
-    async def main() -> str:
-        task = asyncio.ensure_future(awaited_in(copy_context(), hanging_send()))
-        await asyncio.sleep(0)
-        task.cancel()
-        try:
-            await asyncio.wait_for(task, timeout=5)
-        except asyncio.CancelledError:
-            return "cancelled"
-        return "not cancelled"
-
-    assert asyncio.run(main()) == "cancelled"
+    assert asyncio.run(outcome_when_cancelled(hanging_send)) == "cancelled"
     assert cleaned_up == ["send"]
+
+
+async def outcome_when_cancelled(awaitable: Callable[[], Awaitable[Any]]) -> str:
+    """Await `awaitable()` through awaited_in() in a task, cancel the task once it waits."""
+    task = asyncio.ensure_future(awaited_in(copy_context(), awaitable()))
+    await asyncio.sleep(0)
+    task.cancel()
+    try:
+        await asyncio.wait_for(task, timeout=5)
+    except asyncio.CancelledError:
+        return "cancelled"
+    return "not cancelled"
 
 
 @pytest.mark.parametrize(
@@ -247,15 +249,7 @@ class _PlainAwaitable:
 
 
 def test_awaited_in_raises_cancellation_where_the_awaitable_cannot_take_it() -> None:
-    async def main() -> str:
-        future = asyncio.get_running_loop().create_future()
-        task = asyncio.ensure_future(awaited_in(copy_context(), _PlainAwaitable(future)))
-        await asyncio.sleep(0)
-        task.cancel()
-        try:
-            await asyncio.wait_for(task, timeout=5)
-        except asyncio.CancelledError:
-            return "cancelled"
-        return "not cancelled"
+    def plain() -> _PlainAwaitable:
+        return _PlainAwaitable(asyncio.get_running_loop().create_future())
 
-    assert asyncio.run(main()) == "cancelled"
+    assert asyncio.run(outcome_when_cancelled(plain)) == "cancelled"
