@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from contextvars import Context
 from typing import Any
 
 import pytest
-from sentry_sdk.scope import Scope
+from sentry_sdk.scope import Scope, _current_scope, _isolation_scope
 
 from amani_observability import _sentry_fork
 from amani_observability._sentry_fork import fork_scope, scope_copier
@@ -60,3 +61,12 @@ def test_a_fork_that_drops_a_value_keeps_the_sdks_copy(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(_sentry_fork, "fork_scope", dropping_level)
     assert scope_copier() is Scope.__copy__
+
+
+def test_the_start_up_check_leaves_the_current_scopes_alone() -> None:
+    def check() -> list[Any]:
+        scope_copier()
+        return [_isolation_scope.get(), _current_scope.get()]
+
+    # In a context without scopes (as a uvicorn request's is) the check makes none.
+    assert Context().run(check) == [None, None]

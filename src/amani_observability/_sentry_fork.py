@@ -93,7 +93,8 @@ def _probe_scope() -> Scope:
     probe.set_context("context", {"key": "value"})
     probe.set_extra("extra", "value")
     probe.set_level("warning")
-    probe.set_user({"id": "user"})
+    # Not set_user(): it also updates the session of the isolation scope current here.
+    probe._user = {"id": "user"}
     probe.add_event_processor(_keep)
     probe.add_error_processor(_keep_error)
     probe.add_attachment(bytes=b"attachment", filename="probe.txt")
@@ -101,7 +102,7 @@ def _probe_scope() -> Scope:
     # add_breadcrumb() keeps nothing without an active client.
     probe._breadcrumbs.append({"message": "probe", "type": "default"})
     probe.flags.set("flag", True)
-    probe.transaction = "probe"
+    probe.set_transaction_name("probe")
     return probe
 
 
