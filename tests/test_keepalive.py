@@ -242,10 +242,7 @@ class _PlainAwaitable:
         self.future = future
 
     def __await__(self) -> Any:
-        return iter(self._steps())
-
-    def _steps(self) -> list[Any]:
-        return [self.future]
+        return iter([self.future])
 
 
 def test_awaited_in_raises_cancellation_where_the_awaitable_cannot_take_it() -> None:

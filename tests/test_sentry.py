@@ -25,6 +25,7 @@ from sentry_sdk.scope import Scope, remove_external_propagation_context
 
 from amani_observability import ConfigurationError, ObservabilitySettings, _correlation, instrument
 from amani_observability import sentry as sentry_module
+from amani_observability._sentry_fork import fork_scope
 from amani_observability.sentry import (
     SENTRY_DISABLED,
     SentryMiddleware,
@@ -570,6 +571,7 @@ async def test_requests_get_the_global_scope_but_not_the_servers_breadcrumbs(
 
 def test_request_scopes_are_independent_copies_of_the_blank_scopes() -> None:
     blanks = sentry_module._blank()
+    assert sentry_module._copy_scope is fork_scope  # checked against Scope.__copy__ first
     for blank in blanks:
         first, second = sentry_module._copy_scope(blank), sentry_module._copy_scope(blank)
         assert (type(first), first._type) == (Scope, blank._type)

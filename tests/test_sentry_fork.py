@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextvars import Context
 from typing import Any
 
@@ -37,29 +38,26 @@ def test_a_scope_with_another_field_keeps_the_sdks_copy(monkeypatch: pytest.Monk
     assert scope_copier() is Scope.__copy__
 
 
-def test_a_fork_that_shares_a_container_keeps_the_sdks_copy(
-    monkeypatch: pytest.MonkeyPatch,
+def _sharing_tags(fork: Any, scope: Scope) -> None:
+    fork._tags = scope._tags  # the request's tags would land on the blank scope
+
+
+def _dropping_level(fork: Any, scope: Scope) -> None:
+    fork._level = None
+
+
+@pytest.mark.parametrize("mistake", [_sharing_tags, _dropping_level])
+def test_a_fork_unlike_the_sdks_copy_is_not_used(
+    monkeypatch: pytest.MonkeyPatch, mistake: Callable[[Any, Scope], None]
 ) -> None:
     real_fork = _sentry_fork.fork_scope
 
-    def sharing_tags(scope: Scope) -> Any:
+    def wrong_fork(scope: Scope) -> Any:
         fork: Any = real_fork(scope)
-        fork._tags = scope._tags  # what a wrong fork would do: share the request's tags
+        mistake(fork, scope)
         return fork
 
-    monkeypatch.setattr(_sentry_fork, "fork_scope", sharing_tags)
-    assert scope_copier() is Scope.__copy__
-
-
-def test_a_fork_that_drops_a_value_keeps_the_sdks_copy(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_fork = _sentry_fork.fork_scope
-
-    def dropping_level(scope: Scope) -> Any:
-        fork: Any = real_fork(scope)
-        fork._level = None
-        return fork
-
-    monkeypatch.setattr(_sentry_fork, "fork_scope", dropping_level)
+    monkeypatch.setattr(_sentry_fork, "fork_scope", wrong_fork)
     assert scope_copier() is Scope.__copy__
 
 

@@ -75,6 +75,9 @@ class StackMiddleware:
         self.sentry = sentry
         self.metrics = metrics
         self.all_layered = sentry is not None and sentry.transactions
+        # Whether the final body is sent outside the request's context: only Sentry's
+        # scopes and the span are worth keeping out of the keep-alive timer (_keepalive.py).
+        self.sends_outside = sentry is not None or tracing is not None
         if sentry is not None:
             from . import sentry as sentry_module
 
@@ -97,9 +100,8 @@ class StackMiddleware:
             if metrics.excluded(path):
                 metrics = None
 
-        # The context before anything below sets a variable, for the final send (see
-        # _keepalive.py): only Sentry's scopes and the span are worth keeping out of it.
-        outside = copy_context() if self.sentry is not None or self.tracing is not None else None
+        # The context before anything below sets a variable, for the final send.
+        outside = copy_context() if self.sends_outside else None
 
         # Request ID: first, so that everything below can name the request.
         request_ids = self.request_ids

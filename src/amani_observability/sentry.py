@@ -269,13 +269,14 @@ class SentryMiddleware:
             return
         entry_root_path = scope.get("root_path", "")
         processor = RequestEventProcessor(scope, entry_root_path, current_request_id())
-        outside = copy_context()  # before the request's scopes: for the final send
+        # The context before the request's scopes, for the final send.
+        outside = copy_context() if scope_type == "http" else None
         isolation_token, current_token = enter_request_scopes(processor, trace_headers(scope))
         try:
             if self.transactions and not self.excluded_path(scope["path"]):
                 await self._traced(scope, receive, send, entry_root_path)
                 return
-            if scope_type == "http":
+            if outside is not None:
                 send = sending_outside(send, outside)
             try:
                 await self.app(scope, receive, send)
