@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from amani_observability._startup import SUMMARY_PREFIX
 from amani_observability.assets import alert_rules, grafana_dashboard
 from amani_observability.cli import TEST_EVENT_MESSAGE, main, mask
 from tests.conftest import free_port
@@ -207,6 +208,29 @@ def test_check_masks_every_secret(
     assert "  OTLP_HEADERS = ****" in lines
     assert "  METRICS_USERNAME = scraper" in lines
     assert code == 0
+
+
+def test_check_prints_the_start_up_summary_and_env_name_typos(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], listener: int
+) -> None:
+    """The same line a worker logs at start-up, secrets masked; a misspelt name is named."""
+    monkeypatch.setenv("SENTRY_DSN", SECRETS["SENTRY_DSN"].format(port=listener))
+    monkeypatch.setenv("SENTRY_DNS", "http://typokey987@127.0.0.1:9/1")
+    code, lines = run(capsys, "check")
+    assert code == 0
+    at = lines.index("") + 1
+    assert lines[at : at + 3] == [
+        f"{SUMMARY_PREFIX} request IDs in header X-Request-ID; metrics at /metrics "
+        "(auth none, no PROMETHEUS_MULTIPROC_DIR: this process only); tracing off; "
+        f"Sentry to 127.0.0.1:{listener} (environment development); alert channels: none; "
+        "fast paths: decided at start-up",
+        "WARN  Environment variable SENTRY_DNS is not a setting; did you mean SENTRY_DSN? "
+        "It is ignored",
+        "",
+    ]
+    output = "\n".join(lines)
+    assert "sentrykey123" not in output
+    assert "typokey987" not in output
 
 
 def test_mask_shows_lists_and_plain_values() -> None:

@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Literal, TypeVar
 
 from ._asgi import ASGIApp, Message, Receive, Scope, Send
 from ._stack import StackMiddleware
+from ._startup import ENV_TYPO, env_typos, server_warnings, summary
 from .exceptions import ConfigurationError
 from .logs import AccessLog, configure_logging
 from .request_id import RequestIDMiddleware
@@ -51,6 +54,8 @@ class Lifecycle:
     def __init__(self) -> None:
         self.startup_hooks: list[Callable[[], None]] = []
         self.shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
+        # Each names a fast path in use, for the start-up summary; asked after start-up.
+        self.fast_paths: list[Callable[[], str]] = []
         self.started = False
 
     def on_startup(self, hook: Callable[[], None]) -> None:
@@ -58,6 +63,9 @@ class Lifecycle:
 
     def on_shutdown(self, hook: Callable[[], Awaitable[None]]) -> None:
         self.shutdown_hooks.append(hook)
+
+    def report_fast_path(self, describe: Callable[[], str]) -> None:
+        self.fast_paths.append(describe)
 
     def start(self) -> None:
         if self.started:
@@ -98,9 +106,14 @@ def instrument(app: AppT, settings: ObservabilitySettings | None = None) -> AppT
         )
     if settings.log_json:
         configure_logging(settings)
+    _warn_about_the_start(settings)
 
     lifecycle = Lifecycle()
     layers = _build_layers(settings, lifecycle)
+    if len(layers) >= 2:
+        lifecycle.report_fast_path(lambda: "one-layer stack")
+    # Last: it reports what the other start-up hooks set up.
+    lifecycle.on_startup(lambda: logger.info(_summary(settings, lifecycle)))
 
     def wrap(inner: ASGIApp) -> ASGIApp:
         # The middlewares composed in order, and in front of them the one layer that does
@@ -127,6 +140,34 @@ def instrument(app: AppT, settings: ObservabilitySettings | None = None) -> AppT
     wrapped = _LifespanMiddleware(wrap(app), lifecycle)
     setattr(wrapped, _MARK, True)
     return wrapped  # type: ignore[return-value]
+
+
+# The start-up warnings already logged by this process: each is said once.
+_warned: set[str] = set()
+
+
+def _warn_about_the_start(settings: ObservabilitySettings) -> None:
+    """Warn, once per process, about env-name typos and servers started in a way that
+    breaks per-process observability."""
+    for variable, meant in env_typos(os.environ):
+        message = ENV_TYPO % (variable, meant)
+        if message not in _warned:
+            _warned.add(message)
+            logger.warning(message)
+    for message in server_warnings(os.environ, sys.argv, metrics_enabled=settings.metrics_enabled):
+        if message not in _warned:
+            _warned.add(message)
+            logger.warning(message)
+
+
+def _summary(settings: ObservabilitySettings, lifecycle: Lifecycle) -> str:
+    fast_paths = []
+    for describe in lifecycle.fast_paths:
+        try:
+            fast_paths.append(describe())
+        except Exception:  # a summary must never stop a start-up
+            logger.debug("could not describe a fast path", exc_info=True)
+    return summary(settings, fast_paths, os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
 def _build_layers(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import socket
 import sys
 import time
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
+from ._startup import ENV_TYPO, env_typos, summary
 from ._version import __version__
 from .assets import DEFAULT_JOB, DEFAULT_MEMORY_LIMIT_BYTES, alert_names, export_assets
 from .exceptions import ConfigurationError
@@ -217,6 +219,11 @@ class _Check:
         _write("Effective configuration (secrets masked):")
         for name in type(settings).model_fields:
             _write(f"  {name.upper()} = {mask(getattr(settings, name))}")
+        _write("")
+        # The line each worker logs at start-up, and its env-name typo warnings.
+        _write(summary(settings, None, os.environ.get("PROMETHEUS_MULTIPROC_DIR")))
+        for variable, meant in env_typos(os.environ):
+            _write(f"WARN  {ENV_TYPO % (variable, meant)}")
         _write("")
 
         self.check_metrics(settings)

@@ -229,6 +229,7 @@ def sentry_layer(settings: ObservabilitySettings, lifecycle: Lifecycle) -> Layer
 
     lifecycle.on_startup(start)
     lifecycle.on_shutdown(flush_sentry)
+    lifecycle.report_fast_path(_scope_fork_in_use)
     transactions = settings.sentry_traces_sample_rate > 0
     excluded = _policy_from(settings).excluded_path
 
@@ -338,6 +339,14 @@ def _blank() -> tuple[_SentryScope, _SentryScope]:
             _SentryScope(ty=ScopeType.CURRENT),
         )
     return _blank_scopes
+
+
+def _scope_fork_in_use() -> str:
+    """Which scope fork requests use; checks it now rather than at the first request."""
+    _blank()
+    if _copy_scope is _SentryScope.__copy__:
+        return "Sentry scopes forked by Scope.__copy__"
+    return "Sentry scopes forked field by field"
 
 
 def enter_request_scopes(

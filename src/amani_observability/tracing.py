@@ -260,6 +260,9 @@ def tracing_layer(
     tracing = _Tracing(settings)
     lifecycle.on_startup(tracing.start)
     lifecycle.on_shutdown(tracing.stop)
+    lifecycle.report_fast_path(
+        lambda: "light server span" if tracing.light is not None else "SDK server span"
+    )
     excluded = compile_paths(_excluded_paths(settings))
     return lambda inner: TracingMiddleware(inner, tracing=tracing, excluded=excluded)
 
