@@ -122,11 +122,64 @@ async def test_request_lines_carry_the_request_id_and_one_access_line() -> None:
     assert 0 < access_line["duration_ms"] < 5000
 
 
-def test_log_json_false_leaves_logging_alone() -> None:
-    root = logging.getLogger()
-    before = list(root.handlers)
-    instrument(Starlette(), ObservabilitySettings(log_json=False, metrics_enabled=False))
-    assert root.handlers == before
+async def test_log_json_false_keeps_info_lines_as_plain_text_with_the_request_id() -> None:
+    stream = io.StringIO()
+
+    async def pay(request: Request) -> PlainTextResponse:
+        logging.getLogger("app").info("paying")
+        return PlainTextResponse("ok")
+
+    settings = ObservabilitySettings(log_json=False, metrics_enabled=False)
+    app = instrument(Starlette(routes=[Route("/pay", pay)]), settings)
+    configure_logging(settings, stream=stream)  # what instrument() set up, into a buffer
+    logging.getLogger("app").info("outside")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        await client.get("/pay", headers={"X-Request-ID": "req-7"})
+    text = [
+        line.split(" ", 2)[2]  # past the date and time
+        for line in stream.getvalue().splitlines()
+        if " httpx " not in line
+    ]
+    assert text == [
+        "INFO app [-] outside",
+        "INFO app [req-7] paying",
+        f"INFO {ACCESS_LOGGER} [req-7] GET /pay 200",
+    ]
+
+
+def test_json_lines_escape_line_separators_and_control_characters() -> None:
+    stream = io.StringIO()
+    configure_logging(ObservabilitySettings(), stream=stream)
+    hostile = "a\u2028b\u2029c\x85d\x9be\x7ff\x00g\rh\ni\x1b[31m"
+    logging.getLogger("app").warning(hostile, extra={"field": "\x85"})
+    raw = stream.getvalue()
+    assert raw.count("\n") == 1
+    assert raw.isascii()  # every one of them escaped, nothing else was non-ASCII
+    assert (
+        '"message": "a\\u2028b\\u2029c\\u0085d\\u009be\\u007ff\\u0000g\\rh\\ni\\u001b[31m"' in raw
+    )
+    (entry,) = lines(stream)
+    assert (entry["message"], entry["field"]) == (hostile, "\x85")
+
+
+def test_access_log_disabled_leaves_uvicorns_access_logger_as_the_server_set_it() -> None:
+    """uvicorn --no-access-log empties uvicorn.access and stops it propagating; with our
+    access log off too, nothing turns it back on."""
+    access = logging.getLogger("uvicorn.access")
+    saved = (list(access.handlers), access.propagate, access.level)
+    try:
+        access.handlers = []
+        access.propagate = False
+        access.setLevel(logging.INFO)
+        stream = io.StringIO()
+        configure_logging(ObservabilitySettings(access_log_enabled=False), stream=stream)
+        access.info('127.0.0.1:5 - "GET / HTTP/1.1" 200')
+        assert (access.handlers, access.propagate, access.level) == ([], False, logging.INFO)
+        assert stream.getvalue() == ""
+    finally:
+        access.handlers, access.propagate = saved[0], saved[1]
+        access.setLevel(saved[2])
 
 
 async def test_the_access_log_follows_a_moved_metrics_path() -> None:

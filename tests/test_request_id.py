@@ -21,8 +21,11 @@ from starlette.websockets import WebSocket
 
 from amani_observability import get_request_id
 from amani_observability import request_id as request_id_module
+from amani_observability.logs import RequestContextFilter
 from amani_observability.request_id import (
+    NO_RESPONSE,
     REJECTED_REQUEST_ID,
+    RejectedIDs,
     RequestIDMiddleware,
     current_request_id,
     new_request_id,
@@ -30,6 +33,12 @@ from amani_observability.request_id import (
 from tests.support import call_asgi, http_scope, response_headers
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
+
+
+@pytest.fixture(autouse=True)
+def fresh_rejection_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no rejected IDs counted and none logged recently."""
+    monkeypatch.setattr(request_id_module, "_rejected", RejectedIDs())
 
 
 async def echo_app(scope: Any, receive: Any, send: Any) -> None:
@@ -80,7 +89,7 @@ async def test_an_unsafe_incoming_id_is_replaced_and_not_logged(
         messages = await call_asgi(app, scope)
     returned = response_headers(messages)["x-request-id"]
     assert GENERATED.fullmatch(returned)
-    assert [r.getMessage() for r in caplog.records] == [REJECTED_REQUEST_ID]
+    assert [r.getMessage() for r in caplog.records] == [REJECTED_REQUEST_ID % (1, returned)]
     if incoming:
         assert incoming not in caplog.text
 
@@ -268,3 +277,55 @@ async def test_background_tasks_see_the_id_and_nothing_leaks_after() -> None:
         await client.get("/", headers={"X-Request-ID": "bg-2"})
     assert seen == ["bg-1", "bg-2"]
     assert get_request_id() is None
+
+
+async def test_rejected_ids_are_logged_once_per_interval_with_a_count(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """5,000 bad headers in a minute make one line; the next minute's line counts the rest
+    and names the ID the latest request was given."""
+    clock = [1000.0]
+    monkeypatch.setattr(request_id_module, "monotonic", lambda: clock[0])
+    app = RequestIDMiddleware(echo_app)
+    bad = http_scope(headers=[("X-Request-ID", "bad id")])
+    returned = []
+    with caplog.at_level(logging.WARNING, logger="amani_observability.request_id"):
+        for _ in range(5000):
+            messages = await call_asgi(app, dict(bad))
+            returned.append(response_headers(messages)["x-request-id"])
+        clock[0] += 59.9
+        messages = await call_asgi(app, dict(bad))
+        returned.append(response_headers(messages)["x-request-id"])
+        clock[0] += 0.1
+        messages = await call_asgi(app, dict(bad))
+        returned.append(response_headers(messages)["x-request-id"])
+    assert [r.getMessage() for r in caplog.records] == [
+        REJECTED_REQUEST_ID % (1, returned[0]),
+        REJECTED_REQUEST_ID % (5001, returned[-1]),
+    ]
+
+
+async def test_an_app_that_returns_without_responding_gets_a_500_with_the_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def silent_app(scope: Any, receive: Any, send: Any) -> None:
+        return None
+
+    caplog.handler.addFilter(RequestContextFilter())
+    with caplog.at_level(logging.ERROR, logger="amani_observability.request_id"):
+        messages = await call_asgi(
+            RequestIDMiddleware(silent_app), http_scope(headers=[("X-Request-ID", "req-9")])
+        )
+    assert messages == [
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", b"21"),
+                (b"x-request-id", b"req-9"),
+            ],
+        },
+        {"type": "http.response.body", "body": b"Internal Server Error"},
+    ]
+    assert [(r.getMessage(), r.request_id) for r in caplog.records] == [(NO_RESPONSE, "req-9")]

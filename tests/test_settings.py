@@ -198,3 +198,35 @@ def test_malformed_otlp_headers_are_refused_without_repeating_them(
         ObservabilitySettings(otlp_headers=value)
     assert str(error.value) == f"invalid observability settings: OTLP_HEADERS: {problem}"
     assert value not in str(error.value)
+
+
+def test_a_misspelt_keyword_names_itself_and_the_closest_setting() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        ObservabilitySettings(tracing_enabeld=True, service_name="svc")
+    assert str(caught.value) == (
+        "ObservabilitySettings: 'tracing_enabeld' is not a setting "
+        "(did you mean 'tracing_enabled'?)"
+    )
+
+
+def test_every_unknown_keyword_is_named_even_without_a_close_match() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        ObservabilitySettings(zzz=1, _env_fil=None)
+    assert str(caught.value) == (
+        "ObservabilitySettings: 'zzz' is not a setting; "
+        "'_env_fil' is not a setting (did you mean '_env_file'?)"
+    )
+
+
+def test_keywords_may_be_upper_case_and_settings_options_still_pass() -> None:
+    settings = ObservabilitySettings(SERVICE_NAME="svc", _env_file=None)
+    assert settings.service_name == "svc"
+
+
+def test_unknown_environment_variables_stay_ignored(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("TRACING_ENABELD", "true")
+    (tmp_path / ".env").write_text("SERVICE_NAME=payments\nDATABASE_PASSWORD=x\n")
+    settings = ObservabilitySettings()
+    assert (settings.service_name, settings.tracing_enabled) == ("payments", False)

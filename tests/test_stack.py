@@ -233,3 +233,78 @@ async def test_the_stack_layer_records_what_the_composed_middlewares_record(
         ("r-fail", [("RuntimeError", "kaboom")])
     ]
     assert through_stack["access"][2] == ("r-fail", "GET", "/items/0", 500, True)
+
+
+async def double_start_app(scope: Any, receive: Any, send: Any) -> None:
+    if scope["path"] == "/silent":
+        return  # returns without responding
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.start", "status": 503, "headers": []})
+
+
+def exchange_like_uvicorn() -> tuple[Any, Any]:
+    """`exchange()`, but `send` refuses a second response start as uvicorn does."""
+    messages: list[dict[str, Any]] = []
+    receive, record = exchange(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start" and messages:
+            raise RuntimeError("Expected ASGI message 'http.response.body'")
+        await record(message)
+
+    return receive, send
+
+
+async def test_the_first_response_start_is_recorded_and_a_missing_response_gets_the_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server refuses a second `http.response.start` (uvicorn raises RuntimeError): the
+    client got the first status, so metrics, span and access line record that one. An app
+    that returns without responding gets a 500 that names the request."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    monkeypatch.setattr(tracing, "_injected_provider", provider)
+    app = instrument(double_start_app, ObservabilitySettings(tracing_enabled=True))
+    access = Records()
+    access_logger = logging.getLogger("amani_observability.access")
+    access_logger.addHandler(access)
+    level = access_logger.level
+    access_logger.setLevel(logging.INFO)
+    try:
+        async with lifespan(app):
+            stack = app.app
+            assert isinstance(stack, StackMiddleware)
+            for layer in (stack, stack.layered):
+                before = our_samples()
+                with pytest.raises(RuntimeError):
+                    await layer(
+                        http_scope("/twice", headers=[("X-Request-ID", "r-twice")]),
+                        *exchange_like_uvicorn(),
+                    )
+                silent: list[dict[str, Any]] = []
+                await layer(
+                    http_scope("/silent", headers=[("X-Request-ID", "r-silent")]),
+                    *exchange(silent),
+                )
+                assert [(m["status"], dict(m["headers"])[b"x-request-id"]) for m in silent[:1]] == [
+                    (500, b"r-silent")
+                ]
+                counted = {
+                    labels: value - before.get((name, labels), 0.0)
+                    for (name, labels), value in our_samples().items()
+                    if name == "http_requests_total"
+                }
+                assert counted == {
+                    (("endpoint", "<unmatched>"), ("method", "GET"), ("status", "200")): 1.0,
+                    (("endpoint", "<unmatched>"), ("method", "GET"), ("status", "500")): 1.0,
+                }
+                twice = memory.get_finished_spans()[0]
+                assert twice.attributes["http.response.status_code"] == 200
+                memory.clear()
+    finally:
+        access_logger.removeHandler(access)
+        access_logger.setLevel(level)
+    assert access.lines == [
+        ("r-twice", "GET", "/twice", 200, True), ("r-silent", "GET", "/silent", 500, False)
+    ] * 2  # fmt: skip

@@ -104,8 +104,7 @@ def instrument(app: AppT, settings: ObservabilitySettings | None = None) -> AppT
             "instrument() was already called on this app; a second call would count every "
             "request twice. Call it once, at start-up."
         )
-    if settings.log_json:
-        configure_logging(settings)
+    configure_logging(settings)
     _warn_about_the_start(settings)
 
     lifecycle = Lifecycle()

@@ -212,7 +212,7 @@ class PrometheusMiddleware:
             nonlocal status, finished, client_gone
             message_type = message["type"]
             if message_type == "http.response.start":
-                status = message["status"]
+                status = status or message["status"]  # a second start is refused
             elif (
                 message_type == "http.response.body"
                 and not finished

@@ -32,6 +32,7 @@ from ._asgi import (
 from ._correlation import TraceIds, current_trace_ids
 from ._keepalive import awaited_in
 from .request_id import (
+    answer_missing_response,
     assign_request_id,
     current_request_id,
     request_id_var,
@@ -162,8 +163,10 @@ class StackMiddleware:
 
         error: Exception | None = None
         error_type: str | None = None
+        returned = False
         try:
             await self.app(scope, receive, response)
+            returned = True
         except Exception as exc:
             error = exc
             # Each concern's handling, innermost first, as the stacked layers would.
@@ -203,8 +206,10 @@ class StackMiddleware:
                             # An app without Starlette's error middleware raised before
                             # responding: answer the 500 ourselves, carrying the ID.
                             await send_internal_error(send, (id_header, id_value))
+                    elif returned and not response.started and id_header is not None:
+                        await answer_missing_response(send, (id_header, id_value))
                     if access_log is not None:
-                        access_status = status or (500 if error is not None else 0)
+                        access_status = status or 500
                         access_log.emit(
                             scope,
                             access_status,
@@ -292,8 +297,9 @@ class _Response:
     async def __call__(self, message: Message) -> None:
         message_type = message["type"]
         if message_type == "http.response.start":
-            self.status = message["status"]
-            self.started = True
+            if not self.started:  # the server refuses a second start: the first counts
+                self.status = message["status"]
+                self.started = True
             if self.id_header is not None:
                 header = (self.id_header, self.id_value)
                 message["headers"] = [*message.get("headers", ()), header]

@@ -1,7 +1,8 @@
 """JSON logs: one object per line, with the request ID and trace of the current request.
 
 `configure_logging()` installs one handler on the root logger (replacing its own on a
-second call, so lines are never duplicated) and routes uvicorn's loggers through it.
+second call, so lines are never duplicated) and routes uvicorn's loggers through it;
+with `LOG_JSON=false` the handler writes plain text lines, still naming the request.
 `AccessLog` writes one line per request from the request-ID middleware.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import datetime, timezone
 from typing import IO, TYPE_CHECKING, Any
@@ -50,6 +52,16 @@ class RequestContextFilter(logging.Filter):
         return True
 
 
+# Characters JSON allows raw in strings that still break lines or terminals downstream:
+# DEL and the C1 controls (NEL, U+0085, ends a line for some readers) and the Unicode line
+# and paragraph separators (JavaScript line terminators). json.dumps escapes only C0.
+_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u2028\u2029]")
+
+
+def _escape_unsafe(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
 class JSONFormatter(logging.Formatter):
     """Format a record as one JSON object on one line."""
 
@@ -75,7 +87,24 @@ class JSONFormatter(logging.Formatter):
             entry["exc_info"] = record.exc_text
         if record.stack_info:
             entry["stack_info"] = self.formatStack(record.stack_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        line = json.dumps(entry, default=str, ensure_ascii=False)
+        # Only inside strings can such characters occur, so an escape keeps the JSON valid.
+        return _UNSAFE_IN_JSON.sub(_escape_unsafe, line)
+
+
+PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+
+
+class PlainFormatter(logging.Formatter):
+    """`LOG_JSON=false`: one readable line per record, naming the request ("-" outside one)."""
+
+    def __init__(self) -> None:
+        super().__init__(PLAIN_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, "request_id", None) is None:
+            record.request_id = "-"
+        return super().format(record)
 
 
 class _OurHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -85,18 +114,20 @@ class _OurHandler(logging.StreamHandler):  # type: ignore[type-arg]
 def configure_logging(
     settings: ObservabilitySettings | None = None, *, stream: IO[str] | None = None
 ) -> logging.Handler:
-    """Send every log record to `stream` (default stderr) as JSON lines.
+    """Send every log record to `stream` (default stderr) as JSON lines (plain text lines
+    when `settings.log_json` is false).
 
     Idempotent: a second call replaces the handler the first one installed. uvicorn's
     loggers are routed through the same handler; `uvicorn.access` is quietened when
-    our own access log is on, since it would repeat every line.
+    our own access log is on, since it would repeat every line, and left as the server
+    set it otherwise (`--no-access-log` stays off).
     """
     if settings is None:
         from .settings import ObservabilitySettings
 
         settings = ObservabilitySettings()
     handler = _OurHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(JSONFormatter())
+    handler.setFormatter(JSONFormatter() if settings.log_json else PlainFormatter())
     handler.addFilter(RequestContextFilter())
 
     root = logging.getLogger()
@@ -106,13 +137,14 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(settings.log_level)
 
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    names: tuple[str, ...] = ("uvicorn", "uvicorn.error")
+    if settings.access_log_enabled:
+        names += ("uvicorn.access",)
+        logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    for name in names:
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers.clear()
         uvicorn_logger.propagate = True
-    logging.getLogger("uvicorn.access").setLevel(
-        logging.WARNING if settings.access_log_enabled else logging.NOTSET
-    )
     return handler
 
 

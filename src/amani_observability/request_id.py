@@ -14,7 +14,7 @@ import os
 import random
 import re
 from contextvars import ContextVar
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any
 
 from ._asgi import ASGIApp, Message, Receive, Scope, Send
@@ -27,9 +27,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("amani_observability.request_id")
 
-# Logged when an incoming ID is refused. The rejected value is never logged: it is
-# attacker-controlled and may carry CR/LF or terminal escapes.
-REJECTED_REQUEST_ID = "Ignored an invalid incoming request ID header and generated a new one"
+# Logged when incoming IDs are refused, at most once per REJECTED_LOG_INTERVAL seconds,
+# with how many were refused since the last such line and the ID given to the latest.
+# The rejected value is never logged: it is attacker-controlled and may carry CR/LF or
+# terminal escapes.
+REJECTED_REQUEST_ID = (
+    "Ignored %d invalid incoming request ID header(s) and generated new IDs; "
+    "the latest request got %s"
+)
+REJECTED_LOG_INTERVAL = 60.0
+# Logged when the application returned without sending a response.
+NO_RESPONSE = "The application returned without sending a response; answered 500"
 
 # UUIDs with or without dashes, nginx's $request_id, W3C trace ids, ULIDs all pass.
 _accept = re.compile(rb"[A-Za-z0-9._-]{1,128}").fullmatch
@@ -118,12 +126,33 @@ def assign_request_id(scope: Scope, header: bytes) -> tuple[str, bytes]:
     return request_id, id_bytes
 
 
+class RejectedIDs:
+    """Counts refused incoming IDs and logs them at most once per interval: a client
+    sending a bad header on every request must not write a line per request."""
+
+    def __init__(self, interval: float = REJECTED_LOG_INTERVAL) -> None:
+        self.interval = interval
+        self.unlogged = 0
+        self.logged_at = -interval
+
+    def note(self, replacement: str) -> None:
+        self.unlogged += 1
+        now = monotonic()
+        if now - self.logged_at >= self.interval:
+            self.logged_at = now
+            count, self.unlogged = self.unlogged, 0
+            logger.warning(REJECTED_REQUEST_ID, count, replacement)
+
+
+_rejected = RejectedIDs()
+
+
 def _checked_incoming_id(value: bytes) -> tuple[str, bytes]:
     incoming = bytes(value)
     if _accept(incoming):
         return incoming.decode("ascii"), incoming
-    logger.warning(REJECTED_REQUEST_ID)
     request_id = new_request_id()
+    _rejected.note(request_id)
     return request_id, request_id.encode("ascii")
 
 
@@ -167,7 +196,8 @@ class RequestIDMiddleware:
             nonlocal status, trace_ids
             message_type = message["type"]
             if message_type == "http.response.start" or message_type == "websocket.accept":
-                status = message.get("status", 101)
+                # A second start is refused by the server; the first is what the client got.
+                status = status or message.get("status", 101)
                 message["headers"] = [*message.get("headers", ()), header_pair]
                 if access_log is not None:
                     # The server span is current while inner layers send: remember it for
@@ -187,6 +217,10 @@ class RequestIDMiddleware:
                     # so it carries the ID, then re-raise so the server logs the error.
                     await send_internal_error(send, header_pair)
             raise
+        else:
+            if status == 0 and scope_type == "http":
+                status = 500
+                await answer_missing_response(send, header_pair)
         finally:
             if access_log is not None:
                 access_log.emit(scope, status, perf_counter() - started, request_id, trace_ids)
@@ -198,6 +232,13 @@ def tag_exception(exc: BaseException, request_id: str) -> None:
     gone, and the JSON log filter reads the ID from here so that line names its request."""
     with contextlib.suppress(AttributeError):
         exc._amani_request_id = request_id  # type: ignore[attr-defined]
+
+
+async def answer_missing_response(send: Send, header_pair: tuple[bytes, bytes]) -> None:
+    """The app returned without responding: answer the 500 the server would have sent,
+    but carrying the request ID, and say so (the server logs nothing once we answered)."""
+    logger.error(NO_RESPONSE)
+    await send_internal_error(send, header_pair)
 
 
 async def send_internal_error(send: Send, header_pair: tuple[bytes, bytes]) -> None:

@@ -299,8 +299,12 @@ class SentryMiddleware:
             origin="auto.http.amani_observability",
         )
 
+        started = False
+
         async def send_with_status(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            nonlocal started
+            if message["type"] == "http.response.start" and not started:
+                started = True  # a second start is refused by the server
                 transaction.set_http_status(message["status"])
             await send(message)
 

@@ -7,6 +7,8 @@ works in code too. Secrets are `SecretStr`: they never show in `repr()`, logs or
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import itertools
 import re
 from collections.abc import Callable
@@ -122,6 +124,7 @@ class ObservabilitySettings(BaseSettings):
     alert_queue_size: int = Field(default=1000, ge=1, le=1_000_000)
 
     def __init__(self, **values: Any) -> None:
+        _reject_unknown_keywords(values)
         try:
             super().__init__(**values)
         except ValidationError as exc:
@@ -276,6 +279,33 @@ class ObservabilitySettings(BaseSettings):
         if value is not None and not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http:// or https:// URL")
         return value
+
+
+# BaseSettings' own keyword options (`_env_file=None`, `_secrets_dir=...`).
+_SETTINGS_OPTIONS = frozenset(
+    name for name in inspect.signature(BaseSettings.__init__).parameters if name.startswith("_")
+)
+
+
+def _reject_unknown_keywords(values: dict[str, Any]) -> None:
+    """A keyword that names no setting is a typo (`tracing_enabeld=True`): say so rather
+    than run with the default. Only keywords: `extra="ignore"` keeps unrelated
+    environment variables harmless, and it also governs keywords, so they are checked here."""
+    fields = ObservabilitySettings.model_fields
+    unknown = [
+        key
+        for key in values
+        if key.lower() not in fields and not (key.startswith("_") and key in _SETTINGS_OPTIONS)
+    ]
+    if not unknown:
+        return
+    problems = []
+    for key in unknown:
+        names = sorted(_SETTINGS_OPTIONS) if key.startswith("_") else list(fields)
+        close = difflib.get_close_matches(key if key.startswith("_") else key.lower(), names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append(f"{key!r} is not a setting{hint}")
+    raise ConfigurationError("ObservabilitySettings: " + "; ".join(problems))
 
 
 _HEADER_KEY = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]{1,128}").fullmatch

@@ -310,7 +310,7 @@ class TracingMiddleware:
             nonlocal status_code, end_time
             message_type = message["type"]
             if message_type == "http.response.start":
-                status_code = message["status"]
+                status_code = status_code or message["status"]  # a second start is refused
             elif message_type == "websocket.accept":
                 status_code = 101
             elif message_type == "websocket.close" and status_code == 0:
