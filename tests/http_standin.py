@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -51,6 +52,7 @@ class StandIn:
         self.default = default
         self.requests: list[Recorded] = []
         self._scripts: dict[str, deque[Reply]] = defaultdict(deque)
+        self._responders: dict[str, Callable[[Recorded], Reply]] = {}
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -65,6 +67,11 @@ class StandIn:
         """The next requests to `path` get these replies, in order."""
         with self._lock:
             self._scripts[path].extend(replies)
+
+    def respond(self, path: str, responder: Callable[[Recorded], Reply]) -> None:
+        """Requests to `path` (once its script is used up) get `responder(request)`."""
+        with self._lock:
+            self._responders[path] = responder
 
     def received(self, path: str) -> list[Recorded]:
         with self._lock:
@@ -126,9 +133,16 @@ class StandIn:
                 await writer.drain()
                 continue
             with self._lock:
-                self.requests.append(Recorded(method, target, headers, body))
+                recorded = Recorded(method, target, headers, body)
+                self.requests.append(recorded)
                 script = self._scripts[target]
-                reply = script.popleft() if script else self.default
+                responder = self._responders.get(target)
+                if script:
+                    reply = script.popleft()
+                elif responder is not None:
+                    reply = responder(recorded)
+                else:
+                    reply = self.default
             if reply.hang:
                 await asyncio.Event().wait()
             writer.write(_response(reply))
@@ -142,6 +156,26 @@ def _response(reply: Reply) -> bytes:
         f"content-type: text/plain\r\ncontent-length: {len(reply.body)}\r\n{extra}\r\n"
     )
     return head.encode("latin-1") + reply.body
+
+
+class SlackRateLimit:
+    """Answers like a Slack incoming webhook held to one message per `interval` seconds:
+    200 within the limit, else 429 with `Retry-After` (what Slack does past about one
+    message per second). `accepted` holds the requests answered 200."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self.accepted: list[Recorded] = []
+        self.limited = 0
+        self._next_free = 0.0
+
+    def __call__(self, request: Recorded) -> Reply:
+        if request.at < self._next_free:
+            self.limited += 1
+            return Reply(429, b"rate_limited", (("retry-after", f"{self.interval:g}"),))
+        self._next_free = request.at + self.interval
+        self.accepted.append(request)
+        return Reply(200)
 
 
 class StandInProcess:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -16,6 +18,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
+from pydantic import SecretStr
 from starlette.applications import Starlette
 
 from amani_observability import (
@@ -25,8 +28,14 @@ from amani_observability import (
     alerts,
     instrument,
 )
-from amani_observability._alert_channels import default_dedup_key
+from amani_observability._alert_channels import (
+    SLACK_MAX_BLOCKS,
+    SLACK_TEXT_LIMIT,
+    SlackChannel,
+    default_dedup_key,
+)
 from amani_observability.alerts import (
+    ALERTS_LOST,
     Alert,
     AlertDispatcher,
     AlertResult,
@@ -38,7 +47,7 @@ from amani_observability.alerts import (
     send_slack_alert,
 )
 from tests.conftest import free_port, lifespan
-from tests.http_standin import Reply, StandIn, StandInProcess
+from tests.http_standin import Recorded, Reply, SlackRateLimit, StandIn, StandInProcess
 
 SLACK_PATH = "/services/T0SECRET/B0SECRET/slacksecretslacksecret"
 ROUTING_KEY = "R0UT1NGK3YR0UT1NGK3YR0UT1NGK3Y00"  # 32 characters, like PagerDuty's
@@ -179,6 +188,22 @@ async def test_slack_429_waits_for_retry_after_then_delivers(
     assert result == AlertResult("slack", True, "delivered", 200, 2, None)
     first, second = server.received(SLACK_PATH)
     assert 0.95 <= second.at - first.at <= 1.8
+
+
+async def test_a_huge_retry_after_is_honoured_only_up_to_the_configured_maximum(
+    server: StandIn,
+) -> None:
+    """`Retry-After: 1e9` would silence Slack until the next restart; it is cut to
+    ALERT_MAX_RETRY_AFTER_SECONDS, and the next alert goes out after that too."""
+    server.script(SLACK_PATH, Reply(429, b"rate_limited", (("Retry-After", "1e9"),)))
+    settings = settings_for(server, alert_max_retry_after_seconds=0.5)
+    async with AlertDispatcher(settings, backoff=FAST, slack_pace_seconds=0.0) as dispatcher:
+        first = await dispatcher.send_slack_alert("held back", "warning")
+        second = await dispatcher.send_slack_alert("next one", "warning")
+    assert first == AlertResult("slack", True, "delivered", 200, 2, None)
+    assert second == AlertResult("slack", True, "delivered", 200, 1, None)
+    limited, retried, _ = server.received(SLACK_PATH)
+    assert 0.45 <= retried.at - limited.at <= 1.5
 
 
 async def test_retry_after_past_the_deadline_fails_at_once(server: StandIn) -> None:
@@ -697,15 +722,20 @@ async def test_shutdown_drains_the_queue(server: StandIn) -> None:
     assert len(server.received("/hook")) == 50
 
 
-async def test_shutdown_waits_only_a_bounded_time(server: StandIn) -> None:
+async def test_shutdown_waits_only_a_bounded_time_and_counts_what_is_lost(
+    server: StandIn, caplog: pytest.LogCaptureFixture
+) -> None:
     server.default = Reply(hang=True)
     dispatcher = AlertDispatcher(settings_for(server), drain_timeout=0.3)
     for i in range(3):
         dispatcher.submit(f"stuck {i}", "error", channels=["webhook"])
     started = time.monotonic()
-    await dispatcher.aclose()
+    with caplog.at_level(logging.ERROR, logger="amani_observability.alerts"):
+        await dispatcher.aclose()
     assert time.monotonic() - started < 1.2
-    assert dispatcher.dropped == 3
+    assert (dispatcher.dropped, dispatcher.lost) == (0, 3)
+    assert sent("webhook", "lost") == 3.0
+    assert [r.getMessage() for r in caplog.records] == [ALERTS_LOST % (3, 0.3, "webhook 3")]
 
 
 async def test_submit_works_from_a_worker_thread(server: StandIn) -> None:
@@ -770,3 +800,104 @@ def test_creating_a_dispatcher_registers_alerts_sent_total_once() -> None:
     second = AlertDispatcher(ObservabilitySettings(log_json=False))
     assert first._counter is second._counter
     assert REGISTRY._names_to_collectors["alerts_sent_total"] is first._counter
+
+
+# --- shutdown: nothing queued is lost while receivers answer --------------------------------
+
+BURST = 50
+
+
+def burst_numbers(requests: list[Recorded], pattern: str = r"burst (\d+)\b") -> list[int]:
+    """The burst numbers each accepted message carries: in a Slack message's sections
+    (one alert, or one section per alert of a digest), or in a webhook body's message."""
+    found: list[int] = []
+    for request in requests:
+        body = request.json()
+        if "attachments" in body:
+            texts = [
+                block["text"]["text"]
+                for block in body["attachments"][0]["blocks"]
+                if block["type"] == "section" and "text" in block
+            ]
+        else:
+            texts = [body["message"]]
+        found += [int(n) for text in texts for n in re.findall(pattern, text)]
+    return sorted(found)
+
+
+@pytest.mark.parametrize("webhook_hangs", [False, True])
+async def test_a_burst_submitted_before_shutdown_reaches_both_channels(
+    server: StandIn, webhook_hangs: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """50 alerts to a Slack held to one message a second and to a webhook, then the app
+    shuts down at once: every text reaches both, Slack's as digests within its limit. A
+    webhook that never answers loses its 50, counted and logged once, not silently."""
+    slack = SlackRateLimit(interval=1.0)
+    server.respond(SLACK_PATH, slack)
+    if webhook_hangs:
+        server.script("/hook", *[Reply(hang=True)] * BURST)
+    settings = settings_for(server, alert_shutdown_timeout_seconds=3.0 if webhook_hangs else 20.0)
+    app = instrument(Starlette(), settings)
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="amani_observability.alerts"):
+        async with lifespan(app):
+            dispatcher = get_dispatcher()
+            accepted = [
+                dispatcher.submit(f"burst {i}", "warning", {"n": i}, channels=("slack", "webhook"))
+                for i in range(BURST)
+            ]
+            started = time.monotonic()
+    shutdown_seconds = time.monotonic() - started
+    assert accepted == [True] * BURST
+    assert burst_numbers(slack.accepted) == list(range(BURST))
+    assert len(slack.accepted) <= 3  # grouped: 50 single messages would take 50 s
+    assert sent("slack", "delivered") == BURST
+    if webhook_hangs:
+        assert (dispatcher.lost, sent("webhook", "lost")) == (BURST, BURST)
+        assert [r.getMessage() for r in caplog.records] == [
+            ALERTS_LOST % (BURST, 3.0, f"webhook {BURST}")
+        ]
+    else:
+        assert burst_numbers(server.received("/hook")) == list(range(BURST))
+        assert (dispatcher.lost, sent("webhook", "lost")) == (0, None)
+        assert sent("webhook", "delivered") == BURST
+        assert caplog.records == []
+    assert shutdown_seconds < settings.alert_shutdown_timeout_seconds + 1.0
+
+
+def test_a_slack_digest_carries_every_alert_within_slacks_limits() -> None:
+    channel = SlackChannel(SecretStr("https://hooks.slack.com/services/T/B/X"))
+    when = datetime(2026, 1, 22, 14, 30, tzinfo=timezone.utc)
+    alerts_in = [
+        Alert(
+            message=("<!channel> long " * 400) if i == 0 else f"burst {i}",
+            severity="critical" if i == 7 else "warning",
+            context={"n": i},
+            timestamp=when,
+            service="payments",
+            environment="test",
+            host="web-1",
+        )
+        for i in range(channel.digest_limit)
+    ]
+    request = channel.digest(alerts_in)
+    assert request is not None
+    body = json.loads(request.content)
+    (attachment,) = body["attachments"]
+    blocks = attachment["blocks"]
+    assert len(blocks) == SLACK_MAX_BLOCKS
+    assert attachment["color"] == "#D0021B"  # the most severe alert's colour
+    assert blocks[0]["text"]["text"] == (
+        "48 alerts from payments (test), grouped to keep within Slack's rate limit"
+    )
+    sections = [block["text"]["text"] for block in blocks[1:-1]]
+    assert max(len(text) for text in [*sections, body["text"]]) <= SLACK_TEXT_LIMIT
+    assert "<!channel>" not in request.content.decode()
+    assert sections[0].startswith("*[WARNING]* &lt;!channel&gt; long")
+    assert sections[0].endswith("…[truncated]")
+    assert sections[1:] == [
+        f"*[{'CRITICAL' if i == 7 else 'WARNING'}]* burst {i}\nn: {i}" for i in range(1, 48)
+    ]
+    assert blocks[-1]["elements"][0]["text"] == (
+        "web-1 · 2026-01-22T14:30:00+00:00 to 2026-01-22T14:30:00+00:00"
+    )

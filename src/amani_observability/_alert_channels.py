@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -88,6 +88,22 @@ class AlertChannel(Protocol):
     def request(self, alert: Alert) -> ChannelRequest | None: ...
 
 
+@runtime_checkable
+class DigestChannel(Protocol):
+    """A paced channel that can carry several alerts in one message (Slack). When its
+    pacing cannot deliver the backlog in time, the dispatcher groups pending alerts, up
+    to `digest_limit` per message, the way Alertmanager groups notifications."""
+
+    name: str
+    pace_key: str | None
+    pace_seconds: float
+    digest_limit: int
+
+    def request(self, alert: Alert) -> ChannelRequest | None: ...
+
+    def digest(self, alerts: Sequence[Alert]) -> ChannelRequest | None: ...
+
+
 def dumps(body: Any) -> bytes:
     # default=str: context values such as datetimes or Decimals must not make a send fail.
     return json.dumps(body, default=str, ensure_ascii=False, separators=(",", ":")).encode()
@@ -137,24 +153,37 @@ class SlackChannel:
     """Slack incoming webhook: a `text` fallback plus an attachment coloured by severity."""
 
     name = "slack"
+    # One block for the digest's headline and one for its footer; one per alert between.
+    digest_limit = SLACK_MAX_BLOCKS - 2
 
     def __init__(self, webhook_url: SecretStr | None, *, pace_seconds: float = 1.0) -> None:
         self._url = webhook_url
-        self._pace_seconds = pace_seconds
+        self.pace_seconds = pace_seconds
+        # Slack allows about one message per second per webhook (HTTP 429 beyond).
+        self.pace_key = (
+            None
+            if webhook_url is None
+            else "slack:" + hashlib.sha256(webhook_url.get_secret_value().encode()).hexdigest()
+        )
 
     def __repr__(self) -> str:
         return f"SlackChannel(configured={self._url is not None})"
 
     def request(self, alert: Alert) -> ChannelRequest | None:
+        return self._post(slack_body(alert))
+
+    def digest(self, alerts: Sequence[Alert]) -> ChannelRequest | None:
+        return self._post(slack_digest_body(alerts))
+
+    def _post(self, body: dict[str, Any]) -> ChannelRequest | None:
         if self._url is None:
             return None
         url = self._url.get_secret_value()
         return ChannelRequest(
             url=url,
-            content=dumps(slack_body(alert)),
-            # Slack allows about one message per second per webhook (HTTP 429 beyond).
-            pace_key="slack:" + hashlib.sha256(url.encode()).hexdigest(),
-            pace_seconds=self._pace_seconds,
+            content=dumps(body),
+            pace_key=self.pace_key,
+            pace_seconds=self.pace_seconds,
             secrets=_url_secrets(url),
         )
 
@@ -192,6 +221,34 @@ def slack_body(alert: Alert) -> dict[str, Any]:
         "text": text,
         "attachments": [{"color": SLACK_COLOURS[alert.severity], "blocks": blocks}],
     }
+
+
+def slack_digest_body(alerts: Sequence[Alert]) -> dict[str, Any]:
+    """Several alerts in one Slack message: a headline, one section per alert (its text
+    and context), a footer; coloured by the most severe. At most `digest_limit` alerts."""
+    first = alerts[0]
+    worst = min(alerts, key=lambda alert: SEVERITIES.index(alert.severity)).severity
+    where = slack_escape(f"{first.service} ({first.environment})", 200)
+    headline = f"{len(alerts)} alerts from {where}, grouped to keep within Slack's rate limit"
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": headline}},
+    ]
+    for alert in alerts:
+        label = f"*[{alert.severity.upper()}]* "
+        details = " · ".join(f"{key}: {value}" for key, value in json_safe(alert.context).items())
+        line = slack_escape(alert.message, SLACK_TEXT_LIMIT - len(label))
+        room = SLACK_TEXT_LIMIT - len(label) - len(line) - 1
+        if details and room > 2 * len(TRUNCATION_MARKER):
+            line += "\n" + slack_escape(details, room)
+        text = label + line
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
+    first_at = first.timestamp.isoformat(timespec="seconds")
+    last_at = alerts[-1].timestamp.isoformat(timespec="seconds")
+    footer = slack_escape(f"{first.host} · {first_at} to {last_at}", 300)
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": footer}]})
+    summary = "; ".join(f"[{a.severity.upper()}] {a.message}" for a in alerts)
+    text = headline + ": " + slack_escape(summary, SLACK_TEXT_LIMIT - len(headline) - 2)
+    return {"text": text, "attachments": [{"color": SLACK_COLOURS[worst], "blocks": blocks}]}
 
 
 class PagerDutyChannel:

@@ -158,8 +158,10 @@ async def deliver(
     max_retries: int,
     backoff: Backoff,
     pacer: Pacer,
+    max_retry_after: float,
 ) -> AlertResult:
-    """POST `request`, retrying up to `max_retries` times, all within `timeout` seconds."""
+    """POST `request`, retrying up to `max_retries` times, all within `timeout` seconds.
+    A receiver's Retry-After is honoured up to `max_retry_after` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     attempts = 0
@@ -210,6 +212,9 @@ async def deliver(
                 # Slack 400/403/404/410, PagerDuty 400: the same request will fail again.
                 return AlertResult(channel, False, "rejected", status, attempts, error)
             retry_after = retry_after_seconds(response.headers.get("retry-after"))
+            if retry_after is not None:
+                # `Retry-After: 1e9` must not silence the channel until the next restart.
+                retry_after = min(retry_after, max_retry_after)
             if retry_after is not None and pace_key is not None:
                 pacer.hold(pace_key, loop.time() + retry_after)
         if attempts > max_retries:
@@ -232,7 +237,7 @@ def alerts_sent_counter() -> Counter:
         Counter,
         "alerts_sent_total",
         "Alerts handled by the dispatcher, by channel and outcome "
-        "(delivered, failed, throttled, not_configured, rejected, dropped).",
+        "(delivered, failed, throttled, not_configured, rejected, dropped, lost).",
         labelnames=["channel", "outcome"],
     )
 

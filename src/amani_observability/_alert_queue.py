@@ -1,8 +1,10 @@
-"""The bounded backlog behind `AlertDispatcher.submit()`, and the worker that empties it.
+"""One channel's bounded backlog behind `AlertDispatcher.submit()`, and the worker that
+empties it.
 
 `put()` is what runs on the caller's path, so it is a length check and a deque append
 (about a microsecond); building the alert and sending it happen in the worker task,
-which runs at most `workers` sends at once so a burst never floods the event loop.
+which runs at most `workers` sends at once so a burst never floods the event loop. Each
+channel has its own backlog, so a slow or paced channel never holds up another.
 """
 
 from __future__ import annotations
@@ -17,10 +19,21 @@ T = TypeVar("T")
 
 
 class Backlog(Generic[T]):
-    def __init__(self, size: int, workers: int, send: Callable[[T], Awaitable[object]]) -> None:
+    """`send` gets a list of items: one, or as many as `take(queued)` asks for, `queued`
+    telling how many wait (a channel that groups alerts into one message waits for its
+    turn there, then takes several)."""
+
+    def __init__(
+        self,
+        size: int,
+        workers: int,
+        send: Callable[[list[T]], Awaitable[object]],
+        take: Callable[[Callable[[], int]], Awaitable[int]] | None = None,
+    ) -> None:
         self.size = size
         self._workers = workers
         self._send = send
+        self._take = take
         self._items: deque[T] = deque()
         self._unfinished = 0
         self._wakeup: asyncio.Event | None = None
@@ -56,7 +69,7 @@ class Backlog(Generic[T]):
 
     async def drain(self, timeout: float) -> int:
         """Wait up to `timeout` seconds for every queued item to be sent, then stop the
-        worker. Returns how many items were given up."""
+        worker. Returns how many items were given up (queued or still being sent)."""
         if self._worker is None or self._idle is None:
             return self._unfinished
         with contextlib.suppress(asyncio.TimeoutError):
@@ -67,6 +80,7 @@ class Backlog(Generic[T]):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._items.clear()
+        self._unfinished = 0
         return left
 
     async def _work(self) -> None:
@@ -77,15 +91,17 @@ class Backlog(Generic[T]):
                 self._wakeup.clear()
                 await self._wakeup.wait()
             await slots.acquire()
-            task = asyncio.create_task(self._send_one(self._items.popleft(), slots))
+            count = 1 if self._take is None else await self._take(self._items.__len__)
+            batch = [self._items.popleft() for _ in range(max(1, min(count, len(self._items))))]
+            task = asyncio.create_task(self._send_batch(batch, slots))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 
-    async def _send_one(self, item: T, slots: asyncio.Semaphore) -> None:
+    async def _send_batch(self, batch: list[T], slots: asyncio.Semaphore) -> None:
         try:
-            await self._send(item)
+            await self._send(batch)
         finally:
             slots.release()
-            self._unfinished -= 1
+            self._unfinished -= len(batch)
             if not self._unfinished and self._idle is not None:
                 self._idle.set()

@@ -53,7 +53,8 @@ class Lifecycle:
 
     def __init__(self) -> None:
         self.startup_hooks: list[Callable[[], None]] = []
-        self.shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
+        # Each hook with the seconds shutdown waits for it.
+        self.shutdown_hooks: list[tuple[Callable[[], Awaitable[None]], float]] = []
         # Each names a fast path in use, for the start-up summary; asked after start-up.
         self.fast_paths: list[Callable[[], str]] = []
         self.started = False
@@ -61,8 +62,10 @@ class Lifecycle:
     def on_startup(self, hook: Callable[[], None]) -> None:
         self.startup_hooks.append(hook)
 
-    def on_shutdown(self, hook: Callable[[], Awaitable[None]]) -> None:
-        self.shutdown_hooks.append(hook)
+    def on_shutdown(
+        self, hook: Callable[[], Awaitable[None]], *, timeout: float = SHUTDOWN_TIMEOUT
+    ) -> None:
+        self.shutdown_hooks.append((hook, timeout))
 
     def report_fast_path(self, describe: Callable[[], str]) -> None:
         self.fast_paths.append(describe)
@@ -79,9 +82,9 @@ class Lifecycle:
             return
         self.started = False
         # Last started, first stopped.
-        for hook in reversed(self.shutdown_hooks):
+        for hook, timeout in reversed(self.shutdown_hooks):
             try:
-                await asyncio.wait_for(hook(), SHUTDOWN_TIMEOUT)
+                await asyncio.wait_for(hook(), timeout)
             except Exception:
                 # Shutdown goes on: one stuck exporter must not keep the others from flushing.
                 logger.exception("observability shutdown hook %r failed", hook)
@@ -181,7 +184,11 @@ def _build_layers(
 
     dispatcher = AlertDispatcher(settings)
     lifecycle.on_startup(dispatcher.start)
-    lifecycle.on_shutdown(dispatcher.aclose)
+    # The drain has its own deadline (ALERT_SHUTDOWN_TIMEOUT_SECONDS); the usual hook wait
+    # on top lets it count what is lost and close its connections after that.
+    lifecycle.on_shutdown(
+        dispatcher.aclose, timeout=settings.alert_shutdown_timeout_seconds + SHUTDOWN_TIMEOUT
+    )
 
     # metrics (innermost): see metrics.py
     if settings.metrics_enabled:

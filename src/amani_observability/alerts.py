@@ -18,7 +18,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, cast
@@ -32,6 +32,7 @@ from ._alert_channels import (
     Alert,
     AlertChannel,
     ChannelRequest,
+    DigestChannel,
     PagerDutyChannel,
     Severity,
     SlackChannel,
@@ -74,17 +75,21 @@ __all__ = [
 logger = logging.getLogger("amani_observability.alerts")
 
 DEFAULT_CHANNELS: tuple[str, ...] = ("slack", "pagerduty")
-# Under Lifecycle's 5 s per shutdown hook, so we still close the client ourselves.
-DRAIN_TIMEOUT = 4.0
-# Sends the queue worker runs at once: enough to hide a slow endpoint, few enough to
-# keep a burst from opening a hundred connections.
+# Sends each channel's queue worker runs at once: enough to hide a slow endpoint, few
+# enough to keep a burst from opening a hundred connections. A paced channel sends one
+# at a time: its messages go out one per pace interval anyway.
 WORKERS = 2
 # The same kind of delivery failure is logged at most once per this many seconds.
 LOG_INTERVAL = 60.0
+# Logged once at shutdown when deliveries were still pending at the deadline.
+ALERTS_LOST = (
+    "%d alert deliveries were still pending when the %g s shutdown wait "
+    "(ALERT_SHUTDOWN_TIMEOUT_SECONDS) ended and are lost: %s"
+)
 
 _installed: AlertDispatcher | None = None
-# What submit() queues: message, severity, context, channel names, time.time().
-_Queued = tuple[str, str, "dict[str, Any] | None", tuple[str, ...], float]
+# What submit() queues on each channel: message, severity, context, time.time().
+_Queued = tuple[str, str, "dict[str, Any] | None", float]
 
 
 class AlertDispatcher:
@@ -93,7 +98,8 @@ class AlertDispatcher:
     Built from `ObservabilitySettings` (SLACK_WEBHOOK_URL, PAGERDUTY_API_KEY,
     PAGERDUTY_EVENTS_URL, ALERT_WEBHOOK_URL, ALERT_* limits). Extra `channels` join the
     shipped `slack`, `pagerduty` and `webhook` (a channel with the same name replaces one).
-    `backoff`, `slack_pace_seconds` and `transport` exist so tests need not sleep.
+    `backoff`, `slack_pace_seconds` and `transport` exist so tests need not sleep;
+    `drain_timeout` overrides ALERT_SHUTDOWN_TIMEOUT_SECONDS.
     """
 
     def __init__(
@@ -103,7 +109,7 @@ class AlertDispatcher:
         channels: Iterable[AlertChannel] = (),
         backoff: Backoff | None = None,
         slack_pace_seconds: float = 1.0,
-        drain_timeout: float = DRAIN_TIMEOUT,
+        drain_timeout: float | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         settings = settings if settings is not None else ObservabilitySettings()
@@ -113,7 +119,12 @@ class AlertDispatcher:
         self._timeout = settings.alert_timeout_seconds
         self._max_retries = settings.alert_max_retries
         self._backoff = backoff or Backoff()
-        self._drain_timeout = drain_timeout
+        self._drain_timeout = (
+            settings.alert_shutdown_timeout_seconds if drain_timeout is None else drain_timeout
+        )
+        self._max_retry_after = settings.alert_max_retry_after_seconds
+        # When the shutdown drain must end (loop time); None while running normally.
+        self._drain_deadline: float | None = None
         self._transport = transport
         self._channels: dict[str, AlertChannel] = {}
         shipped: tuple[AlertChannel, ...] = (
@@ -134,17 +145,19 @@ class AlertDispatcher:
         self._throttle = Throttle(settings.alert_throttle_seconds)
         self._last_logged: dict[tuple[str, str], float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._backlog: Backlog[_Queued] = Backlog(
-            settings.alert_queue_size, WORKERS, self._send_queued
-        )
+        self._queue_size = settings.alert_queue_size
+        # One backlog per channel, made on its first queued alert.
+        self._backlogs: dict[str, Backlog[_Queued]] = {}
         self._accepting = True
         self._closed = False
-        self.dropped = 0
+        self.dropped = 0  # alerts submit() refused (queue full, shut down)
+        self.lost = 0  # deliveries (an alert to one channel) pending at the shutdown deadline
 
     def __repr__(self) -> str:
+        queued = sum(len(backlog) for backlog in self._backlogs.values())
         return (
-            f"AlertDispatcher(channels={list(self._channels)}, queued={len(self._backlog)}, "
-            f"dropped={self.dropped}, closed={self._closed})"
+            f"AlertDispatcher(channels={list(self._channels)}, queued={queued}, "
+            f"dropped={self.dropped}, lost={self.lost}, closed={self._closed})"
         )
 
     @property
@@ -207,18 +220,18 @@ class AlertDispatcher:
         if not self._accepting:
             return self._drop(names, "the dispatcher is shut down")
         # Only what must be captured now; the worker builds the alert.
-        item = (str(message), severity, dict(context) if context else None, names, time.time())
+        item = (str(message), severity, dict(context) if context else None, time.time())
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is not None and self._loop in (None, running):
             self._start_worker(running)
-            return self._enqueue(item)
+            return self._enqueue(names, item)
         loop = self._loop
         if loop is not None:
             try:
-                loop.call_soon_threadsafe(self._enqueue, item)
+                loop.call_soon_threadsafe(self._enqueue, names, item)
             except RuntimeError:  # that loop is closed
                 return self._drop(names, "its event loop is closed")
             return True
@@ -230,8 +243,8 @@ class AlertDispatcher:
         """Install as `get_dispatcher()`; instrument() calls this at lifespan start-up."""
         global _installed
         if self._closed:  # the app's lifespan runs again (tests do that): start afresh
-            self._backlog = Backlog(self._backlog.size, WORKERS, self._send_queued)
-            self._client = self._warm_up = self._loop = None
+            self._backlogs = {}
+            self._client = self._warm_up = self._loop = self._drain_deadline = None
             self._accepting, self._closed = True, False
         _installed = self
         # Started outside a loop (instrument() on a serving app): the worker starts on the
@@ -241,7 +254,10 @@ class AlertDispatcher:
 
     async def aclose(self, *, timeout: float | None = None) -> None:
         """Stop accepting, send what is queued (waiting at most `timeout` seconds, default
-        4), then close the HTTP client. Alerts still queued after that are dropped."""
+        ALERT_SHUTDOWN_TIMEOUT_SECONDS), then close the HTTP client. Each channel drains
+        on its own; Slack groups its backlog into digests when its pacing could not send
+        it in time. What is still pending at the deadline is lost: counted as
+        `alerts_sent_total{outcome="lost"}` and logged once."""
         global _installed
         if self._closed:
             return
@@ -249,12 +265,16 @@ class AlertDispatcher:
         if _installed is self:
             _installed = None
         wait = self._drain_timeout if timeout is None else timeout
-        left = await self._backlog.drain(wait)
-        if left:
-            self.dropped += left
-            logger.warning(
-                "%d queued alerts were not sent within the %g s shutdown wait", left, wait
-            )
+        self._drain_deadline = asyncio.get_running_loop().time() + wait
+        names = list(self._backlogs)
+        left = await asyncio.gather(*(self._backlogs[name].drain(wait) for name in names))
+        lost = {name: count for name, count in zip(names, left, strict=True) if count}
+        if lost:
+            for name, count in lost.items():
+                self._counter.labels(name, "lost").inc(count)
+            self.lost += sum(lost.values())
+            by_channel = ", ".join(f"{name} {count}" for name, count in lost.items())
+            logger.error(ALERTS_LOST, sum(lost.values()), wait, by_channel)
         if self._warm_up is not None:
             await asyncio.gather(self._warm_up, return_exceptions=True)
         self._closed = True
@@ -309,26 +329,55 @@ class AlertDispatcher:
         return names
 
     async def _send_one(self, name: str, alert: Alert) -> AlertResult:
-        try:
-            result = await self._deliver(name, alert)
-        except Exception as exc:  # a custom channel's bug must not reach the caller's path
-            result = AlertResult(
-                name, False, "failed", None, 0, f"channel raised {type(exc).__name__}"
-            )
-        self._record(result)
-        return result
+        return (await self._send_batch(name, [alert]))[0]
 
-    async def _deliver(self, name: str, alert: Alert) -> AlertResult:
-        if self._closed:
-            return AlertResult(name, False, "failed", None, 0, "the alert dispatcher is closed")
-        request = self._channels[name].request(alert)
+    async def _send_batch(self, name: str, alerts: Sequence[Alert]) -> list[AlertResult]:
+        """Send `alerts` to channel `name`: one alone, or several as one digest message.
+        Returns one result per alert and counts each."""
+        results: list[AlertResult | None] = [None] * len(alerts)
+        claims: list[tuple[int, tuple[str, ...], float]] = []
+        for index, alert in enumerate(alerts):
+            if self._closed:
+                results[index] = AlertResult(
+                    name, False, "failed", None, 0, "the alert dispatcher is closed"
+                )
+                continue
+            key: tuple[str, ...] = (
+                name, alert.severity, alert.action, alert.dedup_key or "", alert.message
+            )  # fmt: skip
+            claim = self._throttle.claim(key)
+            if claim is None:
+                results[index] = AlertResult(
+                    name, False, "throttled", None, 0, "sent recently; throttled"
+                )
+            else:
+                claims.append((index, key, claim))
+        if claims:
+            try:
+                result = await self._deliver(name, [alerts[index] for index, _, _ in claims])
+            except Exception as exc:  # a custom channel's bug must not reach the caller's path
+                result = AlertResult(
+                    name, False, "failed", None, 0, f"channel raised {type(exc).__name__}"
+                )
+            for index, claimed, claim in claims:
+                results[index] = result
+                if not result.ok:
+                    self._throttle.release(claimed, claim)  # not delivered: a later try may go
+        done = [result for result in results if result is not None]
+        for result in done:
+            self._record(result)
+        return done
+
+    async def _deliver(self, name: str, alerts: Sequence[Alert]) -> AlertResult:
+        channel = self._channels[name]
+        if len(alerts) == 1:
+            request = channel.request(alerts[0])
+        else:
+            assert isinstance(channel, DigestChannel)  # only such channels are batched
+            request = channel.digest(alerts)
         if request is None:
             return AlertResult(name, False, "not_configured", None, 0, f"{name} is not configured")
-        key = (name, alert.severity, alert.action, alert.dedup_key or "", alert.message)
-        claim = self._throttle.claim(key)
-        if claim is None:
-            return AlertResult(name, False, "throttled", None, 0, "sent recently; throttled")
-        result = await deliver(
+        return await deliver(
             await self._http(),
             name,
             request,
@@ -336,10 +385,8 @@ class AlertDispatcher:
             max_retries=self._max_retries,
             backoff=self._backoff,
             pacer=self._pacer,
+            max_retry_after=self._max_retry_after,
         )
-        if not result.ok:
-            self._throttle.release(key, claim)  # not delivered: a later try may go out
-        return result
 
     async def _http(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -368,17 +415,59 @@ class AlertDispatcher:
             logger.warning(message, *args)
 
     def _start_worker(self, loop: asyncio.AbstractEventLoop) -> None:
-        if not self._backlog.started and self._accepting:
+        if self._loop is None and self._accepting:
             self._loop = loop
-            self._backlog.start(loop)
+            for backlog in self._backlogs.values():
+                backlog.start(loop)
             # Build the HTTP client now, so the first alert does not wait for it.
             self._warm_up = loop.create_task(self._http())
 
-    def _enqueue(self, item: _Queued) -> bool:
+    def _backlog(self, name: str) -> Backlog[_Queued]:
+        backlog = self._backlogs.get(name)
+        if backlog is None:
+            channel = self._channels[name]
+
+            async def send(items: list[_Queued]) -> None:
+                alerts = [self._alert(m, s, c, timestamp=t) for m, s, c, t in items]
+                await self._send_batch(name, alerts)
+
+            if isinstance(channel, DigestChannel) and channel.pace_seconds > 0:
+                backlog = Backlog(self._queue_size, 1, send, self._digest_size(channel))
+            else:
+                backlog = Backlog(self._queue_size, WORKERS, send)
+            self._backlogs[name] = backlog
+            if self._loop is not None:
+                backlog.start(self._loop)
+        return backlog
+
+    def _digest_size(self, channel: DigestChannel) -> Callable[[Callable[[], int]], Awaitable[int]]:
+        """How many pending alerts the channel's next message carries: it waits for its
+        pace slot, then takes one, or as many as it may group when sending them one by
+        one would outlast the time left (the shutdown deadline, or an alert's timeout)."""
+
+        async def take(queued: Callable[[], int]) -> int:
+            loop = asyncio.get_running_loop()
+            pace_key = channel.pace_key
+            if pace_key is not None:
+                wait = self._pacer.wait_for_slot(pace_key, channel.pace_seconds, loop.time())
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            pending = queued()
+            deadline = self._drain_deadline
+            time_left = self._timeout if deadline is None else deadline - loop.time()
+            # One slot spare: a 429 from the receiver costs a retry.
+            if pending > 1 and (pending + 1) * channel.pace_seconds > time_left:
+                return min(pending, channel.digest_limit)
+            return 1
+
+        return take
+
+    def _enqueue(self, names: tuple[str, ...], item: _Queued) -> bool:
         if not self._accepting:
-            return self._drop(item[3], "the dispatcher is shut down")
-        if not self._backlog.put(item):
-            return self._drop(item[3], f"the queue is full ({self._backlog.size} alerts)")
+            return self._drop(names, "the dispatcher is shut down")
+        full = tuple(name for name in names if not self._backlog(name).put(item))
+        if full:
+            return self._drop(full, f"the queue is full ({self._queue_size} alerts)")
         return True
 
     def _drop(self, names: tuple[str, ...], reason: str) -> bool:
@@ -387,10 +476,6 @@ class AlertDispatcher:
             self._counter.labels(name, "dropped").inc()
         self._log_rate_limited(("*", "dropped"), "alert dropped: %s", reason)
         return False
-
-    async def _send_queued(self, item: _Queued) -> None:
-        message, severity, context, names, timestamp = item
-        await self._send_to(names, self._alert(message, severity, context, timestamp=timestamp))
 
     async def _send_to(self, names: tuple[str, ...], alert: Alert) -> dict[str, AlertResult]:
         if len(names) == 1:  # no task to create: the common case stays cheap

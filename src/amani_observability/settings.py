@@ -120,8 +120,13 @@ class ObservabilitySettings(BaseSettings):
     alert_max_retries: int = Field(default=3, ge=0, le=10)
     alert_timeout_seconds: float = Field(default=10.0, gt=0.0, le=300.0)
     alert_throttle_seconds: float = Field(default=60.0, ge=0.0)
-    # Alerts submit() may hold before it drops (and counts) new ones.
+    # Alerts submit() may hold per channel before it drops (and counts) new ones.
     alert_queue_size: int = Field(default=1000, ge=1, le=1_000_000)
+    # How long shutdown waits for queued alerts to be sent; what is left is counted as lost.
+    # 20 s fits Kubernetes' default 30 s termination grace period.
+    alert_shutdown_timeout_seconds: float = Field(default=20.0, ge=0.0, le=3600.0)
+    # The longest Retry-After a receiver's 429 or 503 is obeyed for.
+    alert_max_retry_after_seconds: float = Field(default=300.0, ge=0.0, le=86400.0)
 
     def __init__(self, **values: Any) -> None:
         _reject_unknown_keywords(values)
