@@ -27,6 +27,9 @@ SECRETS = {
     "OTLP_HEADERS": "api-key=otlpsecret",
     "METRICS_PASSWORD": "metricspass",
     "METRICS_BEARER_TOKEN": "metricstoken",
+    "OTLP_ENDPOINT": "http://otlpuser:otlppass@127.0.0.1:{port}",
+    "PAGERDUTY_EVENTS_URL": "https://pduser:pdpass@events.pagerduty.example/v2/enqueue",
+    "ALERT_WEBHOOK_URL": "https://hookuser:hookpass@hooks.example/alerts/hooksecret",
 }
 
 
@@ -200,12 +203,26 @@ def test_check_masks_every_secret(
         "otlpsecret",
         "metricspass",
         "metricstoken",
+        "otlpuser",
+        "otlppass",
+        "pduser",
+        "pdpass",
+        "hookuser",
+        "hookpass",
+        "hooksecret",
     ):
         assert secret not in output
-    assert f"  SENTRY_DSN = http://****@127.0.0.1:{listener}/****" in lines
-    assert "  SLACK_WEBHOOK_URL = https://****@hooks.slack.example/****" in lines
-    assert "  PAGERDUTY_API_KEY = ****" in lines
-    assert "  OTLP_HEADERS = ****" in lines
+    # Webhook URLs are credentials as a whole: scheme and host only; userinfo never shown.
+    assert f"  SENTRY_DSN = http://127.0.0.1:{listener}/[redacted]" in lines
+    assert "  SLACK_WEBHOOK_URL = https://hooks.slack.example/[redacted]" in lines
+    assert "  ALERT_WEBHOOK_URL = https://hooks.example/[redacted]" in lines
+    assert "  PAGERDUTY_API_KEY = [redacted]" in lines
+    assert "  OTLP_HEADERS = [redacted]" in lines
+    assert f"  OTLP_ENDPOINT = http://[redacted]@127.0.0.1:{listener}" in lines
+    assert (
+        "  PAGERDUTY_EVENTS_URL = https://[redacted]@events.pagerduty.example/v2/enqueue"
+        in lines
+    )
     assert "  METRICS_USERNAME = scraper" in lines
     assert code == 0
 

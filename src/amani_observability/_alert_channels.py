@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
+from ._redaction import mask_userinfo
+
 Severity = Literal["critical", "error", "warning", "info"]
 Action = Literal["trigger", "acknowledge", "resolve"]
 SEVERITIES: tuple[str, ...] = ("critical", "error", "warning", "info")
@@ -262,7 +264,8 @@ class PagerDutyChannel:
 
     def __repr__(self) -> str:
         return (
-            f"PagerDutyChannel(configured={self._key is not None}, events_url={self._events_url!r})"
+            f"PagerDutyChannel(configured={self._key is not None}, "
+            f"events_url={mask_userinfo(self._events_url)!r})"
         )
 
     def request(self, alert: Alert) -> ChannelRequest | None:

@@ -21,6 +21,7 @@ import httpx
 from prometheus_client import Counter
 
 from ._alert_channels import ChannelRequest
+from ._own_traffic import own_traffic
 from ._registry import get_or_create
 from ._version import __version__
 
@@ -187,15 +188,17 @@ async def deliver(
         attempts += 1
         retry_after: float | None = None
         try:
-            response = await asyncio.wait_for(
-                client.post(
-                    request.url,
-                    content=request.content,
-                    headers=dict(request.headers),
-                    timeout=httpx.Timeout(remaining),
-                ),
-                remaining,
-            )
+            # The URL is a credential: no span or breadcrumb of the service may show it.
+            with own_traffic():
+                response = await asyncio.wait_for(
+                    client.post(
+                        request.url,
+                        content=request.content,
+                        headers=dict(request.headers),
+                        timeout=httpx.Timeout(remaining),
+                    ),
+                    remaining,
+                )
         except (asyncio.TimeoutError, httpx.TimeoutException) as exc:
             error = f"no answer within the {timeout:g} s deadline ({type(exc).__name__})"
             if loop.time() >= deadline - 0.001:

@@ -29,6 +29,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Literal, TypeVar
 
 from ._asgi import ASGIApp, Message, Receive, Scope, Send
+from ._redaction import redactor_for
 from ._stack import StackMiddleware
 from ._startup import ENV_TYPO, env_typos, server_warnings, summary
 from .exceptions import ConfigurationError
@@ -214,7 +215,10 @@ def _build_layers(
         layers.append(("tracing", tracing_layer(settings, lifecycle)))
 
     access_log = (
-        AccessLog(excluded_paths=_access_log_excluded_paths(settings))
+        AccessLog(
+            excluded_paths=_access_log_excluded_paths(settings),
+            redactor=redactor_for(tuple(settings.redact_keys)),
+        )
         if settings.access_log_enabled
         else None
     )

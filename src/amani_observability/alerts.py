@@ -51,6 +51,7 @@ from ._alert_delivery import (
     new_client,
 )
 from ._alert_queue import Backlog
+from ._redaction import redactor_for
 from .settings import ObservabilitySettings
 
 __all__ = [
@@ -116,6 +117,7 @@ class AlertDispatcher:
         self._service = settings.service_name
         self._environment = settings.environment
         self._host = socket.gethostname()
+        self._redactor = redactor_for(tuple(settings.redact_keys))
         self._timeout = settings.alert_timeout_seconds
         self._max_retries = settings.alert_max_retries
         self._backoff = backoff or Backoff()
@@ -308,8 +310,9 @@ class AlertDispatcher:
         return Alert(
             message=str(message),
             severity=severity,  # type: ignore[arg-type]
-            # A copy: the caller may change its dict while the alert waits in the queue.
-            context=dict(context) if context else {},
+            # A redacted copy: no secret leaves in an alert, and the caller may change its
+            # dict while the alert waits in the queue.
+            context=self._redactor.data(context) if context else {},
             timestamp=datetime.fromtimestamp(
                 time.time() if timestamp is None else timestamp, timezone.utc
             ),

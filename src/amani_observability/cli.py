@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
+from ._redaction import REDACTED, mask_userinfo, redactor_for, url_origin
 from ._startup import ENV_TYPO, env_typos, summary
 from ._version import __version__
 from .assets import DEFAULT_JOB, DEFAULT_MEMORY_LIMIT_BYTES, alert_names, export_assets
@@ -36,7 +37,9 @@ if TYPE_CHECKING:
 
 TEST_EVENT_MESSAGE = "amani-observability check: test event"
 TEST_ALERT_MESSAGE = "amani-observability check: test alert"
-MASK = "****"
+MASK = REDACTED
+# REDACT_KEYS of the settings `check` read, once it has read them.
+_redactor = redactor_for(())
 # Where the OpenTelemetry exporters send when no endpoint is configured.
 OTLP_DEFAULT_ENDPOINTS = {"otlp": "http://localhost:4317", "otlp-http": "http://localhost:4318"}
 
@@ -130,7 +133,8 @@ def _positive_int(text: str) -> int:
 
 def _write(line: str, *, error: bool = False) -> None:
     stream = sys.stderr if error else sys.stdout
-    stream.write(line + "\n")
+    # Every URL printed (settings, arguments, errors, Prometheus' answers) is redacted.
+    stream.write(_redactor.urls_in(line) + "\n")
     stream.flush()
 
 
@@ -162,13 +166,12 @@ def mask(value: Any) -> str:
         parts = urlsplit(secret)
         if parts.scheme in ("http", "https") and parts.hostname:
             # The host helps troubleshooting ("does the DSN point at the right Sentry?");
-            # credentials, paths and tokens stay hidden.
-            port = f":{parts.port}" if parts.port else ""
-            return f"{parts.scheme}://{MASK}@{parts.hostname}{port}/{MASK}"
+            # a webhook's path is its credential, so only scheme and host are shown.
+            return url_origin(secret)
         return MASK
     if isinstance(value, (list, tuple)):
         return ",".join(str(item) for item in value) or "(empty)"
-    return str(value)
+    return mask_userinfo(str(value))
 
 
 def _endpoint(url: str, default_port: int | None = None) -> tuple[str, int]:
@@ -215,6 +218,8 @@ class _Check:
         except ConfigurationError as exc:
             _write(f"FAIL  settings: {exc}")
             return 2
+        global _redactor
+        _redactor = redactor_for(tuple(settings.redact_keys))
 
         _write("Effective configuration (secrets masked):")
         for name in type(settings).model_fields:

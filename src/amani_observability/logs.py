@@ -17,6 +17,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from ._asgi import Scope, compile_paths
 from ._correlation import TraceIds, current_trace_ids
+from ._redaction import Redactor, redactor_for
 from .request_id import current_request_id
 
 if TYPE_CHECKING:
@@ -151,9 +152,10 @@ def configure_logging(
 class AccessLog:
     """One line per request: request_id, method, url, status_code, duration_ms, client."""
 
-    def __init__(self, *, excluded_paths: list[str]) -> None:
+    def __init__(self, *, excluded_paths: list[str], redactor: Redactor | None = None) -> None:
         self.logger = logging.getLogger(ACCESS_LOGGER)
         self._excluded = compile_paths(excluded_paths)
+        self._redactor = redactor or redactor_for(())
 
     def wants(self, scope: Scope) -> bool:
         return self.logger.isEnabledFor(logging.INFO) and not self._excluded(scope["path"])
@@ -167,7 +169,12 @@ class AccessLog:
         trace_ids: TraceIds | None = None,
     ) -> None:
         query = scope.get("query_string", b"")
-        url = scope["path"] + "?" + query.decode("latin-1") if query else scope["path"]
+        # Secret query parameters (`?token=...`) are redacted; no query, no cost.
+        url = (
+            scope["path"] + "?" + self._redactor.query(query.decode("latin-1"))
+            if query
+            else scope["path"]
+        )
         client = scope.get("client")
         method = scope.get("method", "WEBSOCKET")
         extra: dict[str, Any] = {

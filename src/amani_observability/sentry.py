@@ -20,9 +20,9 @@ import re
 import warnings
 from collections.abc import Callable, Mapping
 from contextvars import Token, copy_context
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import sentry_sdk
 from sentry_sdk import scope as _sentry_scope
@@ -32,18 +32,23 @@ from sentry_sdk.integrations.starlette import StarletteIntegration
 from sentry_sdk.scope import Scope as _SentryScope
 from sentry_sdk.scope import (
     ScopeType,
+    add_global_event_processor,
     register_external_propagation_context,
     remove_external_propagation_context,
 )
 from sentry_sdk.scope import _current_scope as _current_scope_var
 from sentry_sdk.scope import _isolation_scope as _isolation_scope_var
+from sentry_sdk.scrubber import DEFAULT_DENYLIST, EventScrubber
+from sentry_sdk.serializer import add_global_repr_processor
 from sentry_sdk.tracing import TransactionSource
-from sentry_sdk.utils import BadDsn, event_from_exception
+from sentry_sdk.utils import BadDsn, event_from_exception, iter_event_frames
 
 from ._asgi import UNMATCHED_ROUTE, ASGIApp, Message, Receive, Scope, Send, compile_paths
 from ._asgi import route_template as _route_template
 from ._correlation import current_trace_ids
 from ._keepalive import sending_outside
+from ._own_traffic import is_own_traffic
+from ._redaction import REDACTED, Redactor, redactor_for
 from ._sentry_fork import ScopeCopier, scope_copier
 from ._sentry_queries import (
     listed,
@@ -82,28 +87,19 @@ FLUSH_TIMEOUT = 2.0
 # Name of the context `capture_exception(context=...)` fills in.
 CONTEXT_NAME = "details"
 
-# Removed from the request headers attached to events, whatever send_default_pii says.
-_SECRET_HEADERS = frozenset(
-    {
-        "authorization",
-        "proxy-authorization",
-        "cookie",
-        "set-cookie",
-        "x-api-key",
-        "x-forwarded-for",
-        "x-real-ip",
-        "forwarded",
-    }
-)
-# ... and any header or query parameter whose name looks like it holds a secret.
-_SECRET_NAME = re.compile(
-    r"auth|token|secret|passw|pwd|api[-_]?key|session|csrf|xsrf|signature|credential|cookie"
-    r"|private|dsn|(?:^|[-_])key(?:$|[-_])",
-    re.IGNORECASE,
-).search
-FILTERED = "[Filtered]"
+# Client addresses: left out of the request headers attached to events (no PII).
+_ADDRESS_HEADERS = frozenset({"x-forwarded-for", "x-real-ip", "forwarded"})
+# Raw request bodies FastAPI and Starlette keep in their frames' variables: replaced whole,
+# whatever their format (a body need not be JSON or form data).
+BODY_BUFFERS = frozenset({"body", "body_bytes", "json_body", "_body", "_json", "_form", "form"})
+_FRAMEWORK_MODULES = ("fastapi.", "starlette.")
 _MIN_SECRET_LENGTH = 6
 _SECRETS_HINT = "amani_observability_secrets"
+REDACTION_FAILED = "Dropped a Sentry event that could not be redacted"
+
+# The redaction policy of events (REDACT_KEYS): replaced by init_sentry() from the settings.
+_redactor: Redactor = redactor_for(())
+_processor_added = False
 
 
 @dataclass(frozen=True)
@@ -138,10 +134,18 @@ def init_sentry(settings: ObservabilitySettings | None = None, **sdk_options: An
     arguments go to `sentry_sdk.init()` unchanged and win over ours (e.g.
     `in_app_include=["myservice"]`).
     """
-    global _policy
+    global _policy, _redactor, _processor_added
     if settings is None:
         settings = ObservabilitySettings()
     _policy = _policy_from(settings)
+    _redactor = redactor_for(tuple(settings.redact_keys))
+    if not _processor_added:
+        # Global, so every event is redacted whichever scope sends it. Frame variables
+        # are serialised when the exception is captured, before any event processor:
+        # the repr processor redacts bytes, JSON text and models while they are objects.
+        add_global_repr_processor(redacted_repr)
+        add_global_event_processor(redact_event)
+        _processor_added = True
     record_queries(False)
     if settings.sentry_dsn is None:
         logger.info(SENTRY_DISABLED)
@@ -161,12 +165,26 @@ def init_sentry(settings: ObservabilitySettings | None = None, **sdk_options: An
         # send_default_pii is left unset, which means False: no IPs, cookies or user data
         # are collected and the SDK's EventScrubber runs. (sentry-sdk 2.7x deprecates
         # passing it at all, in favour of `data_collection`.)
-        "before_send": _scrubbing_secrets(settings.sentry_before_send or before_send_handler),
+        "before_send": _redacting(settings.sentry_before_send or before_send_handler),
+        "before_send_transaction": _redacting(None),
+        "before_breadcrumb": _without_own_traffic(None),
         # Our SentryMiddleware replaces these (same data, a fraction of the cost), and with
         # them on every unhandled exception would be captured twice.
         "disabled_integrations": [StarletteIntegration(), FastApiIntegration()],
     }
+    if "event_scrubber" not in sdk_options and "data_collection" not in sdk_options:
+        # The SDK's scrubber, nested data included, as a second line behind redact_event.
+        denylist = [*DEFAULT_DENYLIST, *sorted(_redactor.keys)]
+        options["event_scrubber"] = EventScrubber(denylist=denylist, recursive=True)
     options.update(sdk_options)
+    # A service's own hooks win over ours, but inside our redaction, never around it.
+    for hook, wrap in (
+        ("before_send", _redacting),
+        ("before_send_transaction", _redacting),
+        ("before_breadcrumb", _without_own_traffic),
+    ):
+        if hook in sdk_options:
+            options[hook] = wrap(sdk_options[hook])
     if wants_our_threading(options):
         # The SDK's, minus scope forks that asyncio.to_thread() makes moot (_sentry_threads).
         options["integrations"] = [*(options.get("integrations") or ()), ThreadingIntegration()]
@@ -449,12 +467,13 @@ class RequestEventProcessor:
 
 
 def _request_data(scope: Scope) -> dict[str, Any]:
+    redactor = _redactor
     headers: dict[str, str] = {}
     for raw_key, raw_value in scope.get("headers", ()):
         key = raw_key.decode("latin-1").lower()
-        if key in _SECRET_HEADERS or _SECRET_NAME(key):
+        if key in _ADDRESS_HEADERS:
             continue
-        value = raw_value.decode("latin-1")
+        value = REDACTED if redactor.secret_key(key) else raw_value.decode("latin-1")
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
     scheme = scope.get("scheme", "http")
     host = headers.get("host")
@@ -469,16 +488,17 @@ def _request_data(scope: Scope) -> dict[str, Any]:
     }
     query = scope.get("query_string", b"")
     if query:
-        data["query_string"] = _scrub_query(query.decode("latin-1"))
+        data["query_string"] = redactor.query(query.decode("latin-1"))
     return data
 
 
 def _secret_values(scope: Scope) -> list[str]:
     """The values of this request's secret headers and query parameters, longest first."""
+    redactor = _redactor
     values: set[str] = set()
     for raw_key, raw_value in scope.get("headers", ()):
         key = raw_key.decode("latin-1").lower()
-        if key in _SECRET_HEADERS or _SECRET_NAME(key):
+        if redactor.secret_key(key):
             value = raw_value.decode("latin-1")
             values.add(value)
             # "Bearer <token>", "a=1; b=2": the parts travel on their own too.
@@ -486,44 +506,105 @@ def _secret_values(scope: Scope) -> list[str]:
     query = scope.get("query_string", b"")
     if query:
         for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
-            if _SECRET_NAME(name):
+            if redactor.secret_key(name):
                 values.add(value)
     # Short values ("1", "Bearer") would blank out unrelated text.
     return sorted((v for v in values if len(v) >= _MIN_SECRET_LENGTH), key=len, reverse=True)
 
 
-def _scrubbing_secrets(before_send: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-    """Wrap a before_send so that it only ever sees events without the request's secrets."""
+def redacted_repr(value: Any, hints: Any) -> Any:
+    """Global repr processor: how the SDK shows a value of a frame, breadcrumb or extra.
 
-    def scrub_then_filter(event: Any, hint: Any) -> Any:
-        secrets = hint.get(_SECRETS_HINT) if isinstance(hint, dict) else None
-        if secrets:
-            event = _scrub_strings(event, secrets)
-        return before_send(event, hint)
+    Text, bytes and models whose redacted form differs are shown redacted (and whole: the
+    SDK would cut a long value short, past where our later passes could parse it);
+    everything else is left to the SDK.
+    """
+    if isinstance(value, (str, bytes, bytearray, memoryview)) or _is_model(value):
+        try:
+            redacted = _redactor.data(value)
+        except Exception:
+            return REDACTED
+        if redacted is not value and redacted != value:
+            return repr(redacted)
+    return NotImplemented
 
-    return scrub_then_filter
+
+def _is_model(value: Any) -> bool:
+    return hasattr(type(value), "model_fields") or (
+        is_dataclass(value) and not isinstance(value, type)
+    )
+
+
+def redact_event(event: Any, hint: Any) -> Any:
+    """Global event processor: the event with every secret redacted (docs/security.md).
+
+    Runs on the event as captured, before the SDK serialises it: framework body buffers
+    are dropped, then every value under a secret key, inside nested data, JSON text,
+    bytes, query strings and URLs, becomes `[redacted]`. An event that cannot be
+    redacted is dropped rather than sent.
+    """
+    try:
+        for frame in iter_event_frames(event):
+            variables = frame.get("vars")
+            module = frame.get("module") or ""
+            if isinstance(variables, dict) and module.startswith(_FRAMEWORK_MODULES):
+                for name in BODY_BUFFERS.intersection(variables):
+                    variables[name] = REDACTED
+        return _redactor.data(event)
+    except Exception:
+        logger.warning(REDACTION_FAILED, exc_info=True)
+        return None
+
+
+def _redacting(
+    before_send: Callable[[Any, Any], Any] | None,
+) -> Callable[[Any, Any], Any]:
+    """before_send (or before_send_transaction): redact the serialised event on both sides
+    of the service's hook, so it sees no secret and nothing it adds leaves unredacted."""
+
+    def redact_around(event: Any, hint: Any) -> Any:
+        event = _redact_serialised(event, hint)
+        if before_send is None:
+            return event
+        kept = before_send(event, hint)
+        if kept is None or before_send is before_send_handler:
+            return kept  # our own filter only drops
+        return _redact_serialised(kept, hint)
+
+    return redact_around
+
+
+def _redact_serialised(event: Any, hint: Any) -> Any:
+    secrets = hint.get(_SECRETS_HINT) if isinstance(hint, dict) else None
+    if secrets:
+        event = _scrub_strings(event, secrets)
+    return _redactor.data(event)
+
+
+def _without_own_traffic(
+    before_breadcrumb: Callable[[Any, Any], Any] | None,
+) -> Callable[[Any, Any], Any]:
+    """before_breadcrumb: the library's own sends (alerts) leave no breadcrumb."""
+
+    def keep(crumb: Any, hint: Any) -> Any:
+        if is_own_traffic():
+            return None
+        return before_breadcrumb(crumb, hint) if before_breadcrumb is not None else crumb
+
+    return keep
 
 
 def _scrub_strings(value: Any, secrets: list[str]) -> Any:
     if isinstance(value, str):
         for secret in secrets:
             if secret in value:
-                value = value.replace(secret, FILTERED)
+                value = value.replace(secret, REDACTED)
         return value
     if isinstance(value, dict):
         return {key: _scrub_strings(item, secrets) for key, item in value.items()}
     if isinstance(value, list):
         return [_scrub_strings(item, secrets) for item in value]
     return value
-
-
-def _scrub_query(query: str) -> str:
-    pairs = parse_qsl(query, keep_blank_values=True)
-    if not any(_SECRET_NAME(name) for name, _ in pairs):
-        return unquote(query)
-    return unquote(
-        urlencode([(name, FILTERED if _SECRET_NAME(name) else value) for name, value in pairs])
-    )
 
 
 # --- the API the guide calls -----------------------------------------------------------------

@@ -25,6 +25,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ._redaction import mask_userinfo
 from .exceptions import ConfigurationError
 
 # Lists come from the environment comma-separated ("/health,/internal/.*"), not as JSON.
@@ -70,6 +71,8 @@ class ObservabilitySettings(BaseSettings):
     service_name: str = Field(default="amani-backend", min_length=1)
     service_version: str = "0.0.0"
     environment: str = "development"
+    # Key names whose values are redacted everywhere, besides the built-in denylist.
+    redact_keys: CommaList = Field(default_factory=list)
 
     # --- logging and request IDs ---------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
@@ -135,6 +138,20 @@ class ObservabilitySettings(BaseSettings):
         except ValidationError as exc:
             # One readable error at start-up instead of pydantic's traceback.
             raise ConfigurationError(_describe(exc)) from None
+
+    def __repr_args__(self) -> Any:
+        # URLs may carry userinfo (https://user:pass@host): never show it.
+        for name, value in super().__repr_args__():
+            yield name, mask_userinfo(value) if isinstance(value, str) else value
+
+    @field_validator("redact_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, (list, tuple)):
+            value = [str(key).strip() for key in value if str(key).strip()]
+        return value
 
     @field_validator(
         "access_log_excluded_paths",
@@ -352,7 +369,8 @@ def _describe(exc: ValidationError) -> str:
         if field in SECRET_FIELDS:
             lines.append(f"{env_name}: {problem}")
         else:
-            lines.append(f"{env_name}={error.get('input')!s}: {problem}")
+            shown = mask_userinfo(str(error.get("input")))
+            lines.append(f"{env_name}={shown}: {problem}")
     return "invalid observability settings: " + "; ".join(lines)
 
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from contextvars import copy_context
 from time import time_ns
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -57,6 +57,7 @@ from ._light_span import (
     light_pipeline,
     span_of,
 )
+from ._redaction import mask_userinfo, redactor_for
 from ._tracing_export import ExportGuard, quiet_exporter_logs, shut_down
 from ._version import __version__
 from .request_id import current_request_id
@@ -87,10 +88,6 @@ USING_EXISTING_PROVIDER = (
 INSTRUMENTATION_FAILED = "Could not switch on %s; carrying on without it"
 INSTRUMENTATION_UNSUPPORTED = "Not switching on %s: %s"
 
-# Query parameters whose values the semantic conventions ask to redact.
-_SENSITIVE_QUERY_KEYS = frozenset(
-    {"X-Amz-Signature", "X-Amz-Credential", "X-Amz-Security-Token", "sig", "X-Goog-Signature"}
-)
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _ERROR = Status(StatusCode.ERROR)
 _SERVER = SpanKind.SERVER
@@ -212,6 +209,7 @@ class _Tracing:
         self.owned = False
         self.guard: ExportGuard | None = None
         self.instrumentors: list[Any] = []
+        self.redactor = redactor_for(tuple(settings.redact_keys))
 
     def start(self) -> None:
         provider, owned, guard = _provider_for(self.settings)
@@ -358,7 +356,7 @@ class TracingMiddleware:
             return None
         try:
             name, attributes, parent = _start_attributes(
-                scope, self.tracing.fields, request_id or current_request_id()
+                scope, self.tracing, request_id or current_request_id()
             )
             base = parent if parent is not None else current_context()
             light = self.tracing.light
@@ -425,7 +423,7 @@ def finish(
 
 
 def _start_attributes(
-    scope: Scope, fields: frozenset[bytes], request_id: str | None
+    scope: Scope, tracing: _Tracing, request_id: str | None
 ) -> tuple[str, dict[str, Any], otel_context.Context | None]:
     """The span's initial name and attributes, and the caller's trace context if any."""
     is_http = scope["type"] == "http"
@@ -442,13 +440,15 @@ def _start_attributes(
     attributes["url.scheme"] = scheme
     query = scope.get("query_string")
     if query:
-        attributes["url.query"] = _redact_query(query.decode("latin-1"))
+        # The semantic conventions' redaction (X-Amz-Signature, sig) and ours (token, ...).
+        attributes["url.query"] = tracing.redactor.query(query.decode("latin-1"))
     version = scope.get("http_version")
     if version:
         attributes["network.protocol.version"] = version
 
     host = agent = None
     carrier: dict[str, str] | None = None
+    fields = tracing.fields
     for key, value in scope["headers"]:
         if key == b"host":
             host = value
@@ -580,15 +580,6 @@ def _server_address(
     return address, port
 
 
-def _redact_query(query: str) -> str:
-    if not any(key in query for key in _SENSITIVE_QUERY_KEYS):
-        return query
-    pairs = parse_qsl(query, keep_blank_values=True)
-    return urlencode(
-        [(k, "REDACTED" if k in _SENSITIVE_QUERY_KEYS else v) for k, v in pairs], safe="/"
-    )
-
-
 def _type_name(cls: type) -> str:
     module = cls.__module__
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
@@ -689,7 +680,7 @@ def _exporter(settings: ObservabilitySettings) -> tuple[SpanExporter | None, str
         )
 
         grpc = GrpcExporter(endpoint=endpoint, headers=headers or None, timeout=EXPORT_TIMEOUT)
-        return grpc, _safe_url(endpoint)
+        return grpc, mask_userinfo(endpoint)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
         OTLPSpanExporter as HttpExporter,
     )
@@ -698,13 +689,7 @@ def _exporter(settings: ObservabilitySettings) -> tuple[SpanExporter | None, str
         # A bare collector address: the traces path is the OTLP/HTTP default.
         endpoint = endpoint.rstrip("/") + "/v1/traces"
     http = HttpExporter(endpoint=endpoint, headers=headers or None, timeout=EXPORT_TIMEOUT)
-    return http, _safe_url(endpoint)
-
-
-def _safe_url(url: str) -> str:
-    """The URL without any user:password part, for log lines."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+    return http, mask_userinfo(endpoint)
 
 
 def _instrument_libraries(provider: TracerProvider) -> list[Any]:
