@@ -220,8 +220,7 @@ def test_check_masks_every_secret(
     assert "  OTLP_HEADERS = [redacted]" in lines
     assert f"  OTLP_ENDPOINT = http://[redacted]@127.0.0.1:{listener}" in lines
     assert (
-        "  PAGERDUTY_EVENTS_URL = https://[redacted]@events.pagerduty.example/v2/enqueue"
-        in lines
+        "  PAGERDUTY_EVENTS_URL = https://[redacted]@events.pagerduty.example/v2/enqueue" in lines
     )
     assert "  METRICS_USERNAME = scraper" in lines
     assert code == 0

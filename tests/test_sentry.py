@@ -19,12 +19,15 @@ from typing import Any
 import httpx
 import pytest
 import sentry_sdk
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
 from sentry_sdk.scope import Scope, remove_external_propagation_context
 
 from amani_observability import ConfigurationError, ObservabilitySettings, _correlation, instrument
 from amani_observability import sentry as sentry_module
+from amani_observability._own_traffic import own_traffic
+from amani_observability._redaction import redactor_for
 from amani_observability._sentry_fork import fork_scope
 from amani_observability._startup import SUMMARY_PREFIX
 from amani_observability.sentry import (
@@ -60,6 +63,7 @@ def _reset_sentry() -> None:
         scope.clear()
     remove_external_propagation_context()
     sentry_module._policy = sentry_module.DEFAULT_POLICY
+    sentry_module._redactor = redactor_for(())
 
 
 @pytest.fixture(autouse=True)
@@ -351,6 +355,68 @@ async def test_secret_headers_and_query_values_are_removed(sentry_server: Sentry
     assert ".exception.values[0].stacktrace.frames[0].vars.scope.headers[4][1]=[redacted]" in (
         _paths(event)
     )
+
+
+class Login(BaseModel):
+    user: str
+    password: str
+
+
+async def test_secrets_in_long_bodies_models_and_mappings_reach_no_envelope(
+    sentry_server: SentryStandIn,
+) -> None:
+    """Bytes too long for the SDK's value limit, a model's repr() and a Mapping that is no
+    dict would all show their secrets; REDACT_KEYS adds a name of the service's own."""
+    app = FastAPI()
+
+    @app.post("/login")
+    async def login(request: Request) -> dict[str, str]:
+        # Secrets built at run time: the frames' source lines are sent too.
+        secret = "-".join
+        raw = json.dumps(
+            {
+                "password": secret(("pw", "in-raw")),
+                "pad": "x" * 3000,
+                "cvv": secret(("cvv", "in-raw")),
+            }
+        )
+        body = raw.encode()
+        login_form = Login(user="ann", password=secret(("pw", "in-model")))
+        headers = request.headers
+        ledger = {"acct_no": secret(("acct", "in-dict")), "owner": "harmless-owner"}
+        raise RuntimeError(f"login failed for {login_form.user} {len(body)} {headers} {ledger}")
+
+    app = instrument(app, settings_for(sentry_server.dsn, redact_keys=["acct_no"]))
+    async with serve(app) as client:
+        await client.post("/login", headers={"X-Auth-Token": "tok-in-header"}, content=b"{}")
+        flush()
+    sent = b"".join(envelope.serialize() for envelope in sentry_server.envelopes)
+    secrets = ("pw-in-raw", "cvv-in-raw", "pw-in-model", "tok-in-header", "acct-in-dict")
+    assert [s for s in secrets if s.encode() in sent] == []
+    [event] = sentry_server.events()
+    [frame] = [
+        f
+        for f in event["exception"]["values"][0]["stacktrace"]["frames"]
+        if f["function"] == "login"
+    ]
+    assert frame["vars"]["login_form"] == "{'user': 'ann', 'password': '[redacted]'}"
+    assert frame["vars"]["ledger"] == {"acct_no": "[redacted]", "owner": "'harmless-owner'"}
+    assert frame["vars"]["body"].startswith('b\'{"password": "[redacted]", "pad": "xxx')
+    assert frame["vars"]["body"].endswith('"cvv": "[redacted]"}\'')
+
+
+def test_the_librarys_own_sends_leave_no_breadcrumb(sentry_server: SentryStandIn) -> None:
+    init_sentry(settings_for(sentry_server.dsn))
+    with sentry_sdk.isolation_scope():
+        with own_traffic():
+            sentry_sdk.add_breadcrumb(
+                message="POST https://hooks.example/T/B/X", category="httplib"
+            )
+        sentry_sdk.add_breadcrumb(message="the service's own step", category="app")
+        sentry_sdk.capture_message("after the alert")
+    flush()
+    [event] = sentry_server.events()
+    assert [c["message"] for c in event["breadcrumbs"]["values"]] == ["the service's own step"]
 
 
 async def test_health_and_metrics_path_errors_are_dropped(sentry_server: SentryStandIn) -> None:

@@ -22,6 +22,7 @@ from prometheus_client import Counter
 
 from ._alert_channels import ChannelRequest
 from ._own_traffic import own_traffic
+from ._redaction import mask_userinfo
 from ._registry import get_or_create
 from ._version import __version__
 
@@ -246,7 +247,8 @@ def alerts_sent_counter() -> Counter:
 
 
 class _RedactSecretURLs(logging.Filter):
-    """httpx logs every request URL at INFO; a webhook URL is a credential, so hide it."""
+    """httpx logs every request URL at INFO; a webhook URL is a credential, so hide it,
+    and userinfo in any URL."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -254,9 +256,12 @@ class _RedactSecretURLs(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
-        if self.urls and isinstance(args, tuple):
+        if isinstance(args, tuple):
+            # Webhook URLs whole; any other URL's userinfo (PAGERDUTY_EVENTS_URL's, say).
             record.args = tuple(
-                _redacted(a) if isinstance(a, (str, httpx.URL)) and str(a) in self.urls else a
+                (_redacted(a) if str(a) in self.urls else mask_userinfo(str(a)))
+                if isinstance(a, (str, httpx.URL))
+                else a
                 for a in args
             )
         return True
@@ -271,7 +276,8 @@ def _redacted(url: Any) -> str:
 url_filter = _RedactSecretURLs()
 
 
-def hide_in_httpx_logs(url: str) -> None:
+def hide_in_httpx_logs(*urls: str) -> None:
     if url_filter not in logging.getLogger("httpx").filters:
         logging.getLogger("httpx").addFilter(url_filter)
-    url_filter.urls.update({url, str(httpx.URL(url))})
+    for url in urls:
+        url_filter.urls.update({url, str(httpx.URL(url))})

@@ -135,9 +135,12 @@ class Redactor:
                 return json.dumps(redacted, ensure_ascii=False)
             return repr(redacted)
         if "://" in text:
-            return self.url(text)
+            text = self.urls_in(text)
         if "=" in text:
-            return self.query(text)
+            text = self.query(text)
+        if "':" in text or '":' in text:
+            # A dict's repr() or JSON inside a message: "failed for {'token': ...}".
+            text = self._pairs_in(text)
         return text
 
     def _pairs_in(self, text: str) -> str:

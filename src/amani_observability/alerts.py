@@ -136,9 +136,13 @@ class AlertDispatcher:
         )
         for channel in (*shipped, *channels):
             self.add_channel(channel)
-        for secret in (settings.slack_webhook_url, settings.alert_webhook_url):
-            if secret is not None:
-                hide_in_httpx_logs(secret.get_secret_value())
+        hide_in_httpx_logs(
+            *(
+                secret.get_secret_value()
+                for secret in (settings.slack_webhook_url, settings.alert_webhook_url)
+                if secret is not None
+            )
+        )
         self._counter = alerts_sent_counter()
         self._pacer = Pacer()
         self._client: httpx.AsyncClient | None = None
