@@ -19,6 +19,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import TracerProvider
 
+from ._redaction import mask_userinfo
+
 # The tracing logger: users configure one logger for everything tracing reports.
 logger = logging.getLogger("amani_observability.tracing")
 
@@ -187,7 +189,8 @@ class ExportGuard(SpanExporter):
             if self.last_report is not None and now - self.last_report < self.interval:
                 return
             dropped, self.dropped, self.last_report = self.dropped, 0, now
-        logger.warning(EXPORT_FAILED, self.target, reason, dropped, self.interval)
+        # Exporter and exception texts may quote an endpoint with its userinfo.
+        logger.warning(EXPORT_FAILED, self.target, mask_userinfo(reason), dropped, self.interval)
 
     def abandon(self) -> None:
         self.abandoned = True

@@ -95,6 +95,10 @@ BODY_BUFFERS = frozenset({"body", "body_bytes", "json_body", "_body", "_json", "
 _FRAMEWORK_MODULES = ("fastapi.", "starlette.")
 _MIN_SECRET_LENGTH = 6
 _SECRETS_HINT = "amani_observability_secrets"
+# Top-level event keys only the SDK fills, with no request or user data: not walked.
+_SDK_OWNED = frozenset(
+    {"modules", "sdk", "debug_meta", "platform", "event_id", "timestamp", "start_timestamp"}
+)
 REDACTION_FAILED = "Dropped a Sentry event that could not be redacted"
 
 # The redaction policy of events (REDACT_KEYS): replaced by init_sentry() from the settings.
@@ -166,7 +170,6 @@ def init_sentry(settings: ObservabilitySettings | None = None, **sdk_options: An
         # are collected and the SDK's EventScrubber runs. (sentry-sdk 2.7x deprecates
         # passing it at all, in favour of `data_collection`.)
         "before_send": _redacting(settings.sentry_before_send or before_send_handler),
-        "before_send_transaction": _redacting(None),
         "before_breadcrumb": _without_own_traffic(None),
         # Our SentryMiddleware replaces these (same data, a fraction of the cost), and with
         # them on every unhandled exception would be captured twice.
@@ -550,22 +553,18 @@ def redact_event(event: Any, hint: Any) -> Any:
             if isinstance(variables, dict) and module.startswith(_FRAMEWORK_MODULES):
                 for name in BODY_BUFFERS.intersection(variables):
                     variables[name] = REDACTED
-        return _redactor.data(event)
+        return _redacted_parts(event)
     except Exception:
         logger.warning(REDACTION_FAILED, exc_info=True)
         return None
 
 
-def _redacting(
-    before_send: Callable[[Any, Any], Any] | None,
-) -> Callable[[Any, Any], Any]:
-    """before_send (or before_send_transaction): redact the serialised event on both sides
-    of the service's hook, so it sees no secret and nothing it adds leaves unredacted."""
+def _redacting(before_send: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """before_send (or a service's before_send_transaction): redact the serialised event on
+    both sides of the hook, so it sees no secret and nothing it adds leaves unredacted."""
 
     def redact_around(event: Any, hint: Any) -> Any:
         event = _redact_serialised(event, hint)
-        if before_send is None:
-            return event
         kept = before_send(event, hint)
         if kept is None or before_send is before_send_handler:
             return kept  # our own filter only drops
@@ -578,7 +577,15 @@ def _redact_serialised(event: Any, hint: Any) -> Any:
     secrets = hint.get(_SECRETS_HINT) if isinstance(hint, dict) else None
     if secrets:
         event = _scrub_strings(event, secrets)
-    return _redactor.data(event)
+    return _redacted_parts(event)
+
+
+def _redacted_parts(event: Any) -> Any:
+    """The event redacted, apart from what only the SDK writes (package versions...)."""
+    if not isinstance(event, dict):
+        return _redactor.data(event)
+    data = _redactor.data
+    return {key: value if key in _SDK_OWNED else data(value) for key, value in event.items()}
 
 
 def _without_own_traffic(
