@@ -50,6 +50,8 @@ bench: $(VENV)/.installed-bench
 	$(PY) -m benchmarks.plot || missed="$$missed plot"; \
 	echo "== /metrics scrape cost"; \
 	$(PY) -m benchmarks.scrape_cost || missed="$$missed scrape-cost"; \
+	echo "== event-loop monitor cost"; \
+	$(PY) -m benchmarks.loop_monitor || missed="$$missed loop-monitor"; \
 	echo "== steady memory"; \
 	$(PY) -m benchmarks.memory || missed="$$missed memory"; \
 	echo "== throughput through uvicorn (wrk)"; \

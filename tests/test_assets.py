@@ -39,6 +39,8 @@ GUIDE_ALERTS = [
     "ApplicationDown",
     "SlowDatabaseQueries",
 ]
+# The guide's alerts, then the ones the library adds, in the order of the rules file.
+ALERTS = [*GUIDE_ALERTS, "EventLoopBlocked"]
 GUIDE_PANELS = [
     "Request Rate",
     "Response Time (95th percentile)",
@@ -50,6 +52,7 @@ GUIDE_PANELS = [
     "Business Metrics",
     "Error Types",
 ]
+PANELS = [*GUIDE_PANELS, "Event Loop Lag (99th percentile) and Stalls"]
 # Everything the rules and panels may query: the library's catalogue, prometheus_client's
 # process collector, Prometheus' own `up`, and node_exporter's filesystem metrics.
 LIBRARY_METRICS = {
@@ -63,6 +66,8 @@ LIBRARY_METRICS = {
     "user_registrations_total",
     "kyc_submissions_total",
     "errors_total",
+    "event_loop_lag_seconds_bucket",
+    "event_loop_stalls_total",
     "process_resident_memory_bytes",
     "process_cpu_seconds_total",
 }
@@ -88,7 +93,8 @@ def metric_names(expr: str) -> set[str]:
     without_labels = re.sub(r"\{[^}]*\}|\[[^\]]*\]", "", without_strings)
     without_grouping = re.sub(r"\b(by|on|ignoring|without)\s*\([^)]*\)", "", without_labels)
     names = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", without_grouping))
-    names -= {"sum", "rate", "increase", "histogram_quantile", "and", "unless", "or"}
+    names -= {"sum", "rate", "increase", "histogram_quantile", "min_over_time"}
+    names -= {"and", "unless", "or"}
     return names - {"offset"}
 
 
@@ -97,10 +103,10 @@ def test_assets_are_read_from_the_package_files() -> None:
     assert grafana_dashboard() == (ASSETS / GRAFANA_DASHBOARD_FILE).read_text()
 
 
-def test_rules_hold_the_guides_eight_alerts_with_for_severity_and_annotations() -> None:
+def test_rules_hold_the_guides_eight_alerts_and_ours_with_for_severity_and_annotations() -> None:
     found = rules()
-    assert [rule["alert"] for rule in found] == GUIDE_ALERTS
-    assert alert_names() == GUIDE_ALERTS
+    assert [rule["alert"] for rule in found] == ALERTS
+    assert alert_names() == ALERTS
     for rule in found:
         name = rule["alert"]
         assert re.fullmatch(r"\d+m", rule["for"]), name
@@ -135,7 +141,7 @@ def test_promtool_check_rules_accepts_the_packaged_rules() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout
+    assert f"SUCCESS: {len(ALERTS)} rules found" in result.stdout
 
 
 def test_promtool_unit_tests_fire_each_alert_on_bad_series_only() -> None:
@@ -161,8 +167,8 @@ def test_promtool_unit_tests_cover_firing_and_silence_for_every_alert() -> None:
             bucket[case["alertname"]] = bucket.get(case["alertname"], 0) + 1
             if case["exp_alerts"]:
                 assert len(case["exp_alerts"]) == 1, case
-    assert sorted(firing) == sorted(GUIDE_ALERTS)
-    assert sorted(silent) == sorted(GUIDE_ALERTS)
+    assert sorted(firing) == sorted(ALERTS)
+    assert sorted(silent) == sorted(ALERTS)
 
 
 def test_alert_rules_rewrite_job_and_memory_limit_and_stay_valid(tmp_path: Path) -> None:
@@ -203,12 +209,12 @@ def test_alert_rules_refuse_values_that_would_break_the_rules(
         alert_rules(**options)
 
 
-def test_dashboard_has_the_guides_nine_panels_on_a_datasource_variable() -> None:
+def test_dashboard_has_the_guides_nine_panels_and_ours_on_a_datasource_variable() -> None:
     board = dashboard()
     assert board["schemaVersion"] >= 39
     assert board["uid"] == "amani-observability"
-    assert [panel["title"] for panel in board["panels"]] == GUIDE_PANELS
-    assert len({panel["id"] for panel in board["panels"]}) == 9
+    assert [panel["title"] for panel in board["panels"]] == PANELS
+    assert len({panel["id"] for panel in board["panels"]}) == len(PANELS)
     variables = {v["name"]: v for v in board["templating"]["list"]}
     assert (variables["datasource"]["type"], variables["datasource"]["query"]) == (
         "datasource",
@@ -309,4 +315,4 @@ def test_the_built_wheel_carries_the_assets_and_reads_them_from_the_zip(tmp_path
     assert result.returncode == 0, result.stderr
     where, sizes = result.stdout.splitlines()
     assert where.startswith(str(wheel))
-    assert sizes == f"8 {len(grafana_dashboard())}"
+    assert sizes == f"{len(ALERTS)} {len(grafana_dashboard())}"

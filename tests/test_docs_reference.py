@@ -20,12 +20,12 @@ from pydantic.fields import FieldInfo
 
 from amani_observability import ObservabilitySettings
 from tests.conftest import require_binary
-from tests.test_assets import GUIDE_ALERTS
+from tests.test_assets import ALERTS as PACKAGED_ALERTS
 from tests.test_docs_examples import ROOT, documentation_pages, fenced_blocks, page_id
 
 CONFIGURATION = ROOT / "docs" / "configuration.md"
 RUNBOOKS = ROOT / "docs" / "runbooks"
-ALERTS = GUIDE_ALERTS  # the guide's eight, pinned by tests/test_assets.py
+ALERTS = PACKAGED_ALERTS  # the guide's eight and ours, pinned by tests/test_assets.py
 
 _ROW = re.compile(r"^\|\s*`(?P<name>[A-Z][A-Z0-9_]*)`\s*\|(?P<default>[^|]*)\|")
 _LINK = re.compile(r"\[[^\]]*\]\((?P<target>[^)\s]+)\)")

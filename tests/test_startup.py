@@ -40,6 +40,7 @@ def configured(**values: object) -> ObservabilitySettings:
         "metrics_username": "scraper",
         "metrics_password": "metricspass",
         "log_json": False,
+        "loop_stall_seconds": 0.5,
     }
     base.update(values)
     return ObservabilitySettings(**base)  # type: ignore[arg-type]
@@ -67,29 +68,35 @@ def test_summary_names_every_destination_by_host_and_masks_secrets() -> None:
         "metrics at /metrics (auth basic, multiprocess dir /run/prom); "
         "tracing to collector.internal:4317 (exporter otlp, sample rate 0.25); "
         "Sentry to 127.0.0.1:9 (environment production); "
-        "alert channels: slack, pagerduty; fast paths: light server span"
+        "alert channels: slack, pagerduty; loop monitor every 0.25 s, stalls from 0.5 s; "
+        "fast paths: light server span"
     )
     for secret in SECRETS:
         assert secret not in line
 
 
 def test_summary_says_what_is_off() -> None:
-    settings = ObservabilitySettings(request_id_enabled=False, metrics_enabled=False)
+    settings = ObservabilitySettings(
+        request_id_enabled=False, metrics_enabled=False, loop_monitor_interval_seconds=0
+    )
     assert summary(settings, None) == (
         f"{SUMMARY_PREFIX} request IDs off; metrics off; tracing off; Sentry off; "
-        "alert channels: none; fast paths: decided at start-up"
+        "alert channels: none; loop monitor off; fast paths: decided at start-up"
     )
 
 
 def test_summary_names_the_default_collector_and_the_bearer_token() -> None:
     settings = ObservabilitySettings(
-        tracing_enabled=True, tracing_exporter="otlp-http", metrics_bearer_token="metricstoken"
+        tracing_enabled=True,
+        tracing_exporter="otlp-http",
+        metrics_bearer_token="metricstoken",
+        loop_stall_seconds=0,
     )
     assert summary(settings, []) == (
         f"{SUMMARY_PREFIX} request IDs in header X-Request-ID; metrics at /metrics "
         "(auth bearer token, no PROMETHEUS_MULTIPROC_DIR: this process only); "
         "tracing to localhost:4318 (exporter otlp-http, sample rate 1); Sentry off; "
-        "alert channels: none; fast paths: none"
+        "alert channels: none; loop monitor every 0.25 s (no stall watchdog); fast paths: none"
     )
 
 
@@ -110,8 +117,9 @@ async def test_each_worker_logs_one_summary_line_at_start_up(
             "metrics at /metrics (auth basic, no PROMETHEUS_MULTIPROC_DIR: this process only); "
             "tracing not exported (exporter none, sample rate 0.25); "
             "Sentry to 127.0.0.1:9 (environment production); "
-            "alert channels: slack, pagerduty; fast paths: Sentry scopes forked field by "
-            "field, light server span, one-layer stack",
+            "alert channels: slack, pagerduty; loop monitor every 0.25 s, stalls from 0.5 s; "
+            "fast paths: Sentry scopes forked field by field, light server span, "
+            "one-layer stack",
         )
     ]
     for secret in SECRETS:

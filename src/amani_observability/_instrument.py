@@ -191,6 +191,20 @@ def _build_layers(
         dispatcher.aclose, timeout=settings.alert_shutdown_timeout_seconds + SHUTDOWN_TIMEOUT
     )
 
+    # event-loop lag and stalls: no middleware layer, nothing per request
+    if settings.loop_monitor_interval_seconds > 0:
+        from ._loop_monitor import LoopMonitor
+        from .metrics import event_loop_lag_seconds, event_loop_stalls_total
+
+        monitor = LoopMonitor(
+            settings.loop_monitor_interval_seconds,
+            settings.loop_stall_seconds,
+            observe_lag=event_loop_lag_seconds.observe,
+            count_stall=event_loop_stalls_total.inc,
+        )
+        lifecycle.on_startup(monitor.start)
+        lifecycle.on_shutdown(monitor.stop)
+
     # metrics (innermost): see metrics.py
     if settings.metrics_enabled:
         from .metrics import metrics_layer

@@ -123,6 +123,13 @@ def summary(
         if value is not None
     ]
     parts.append(f"alert channels: {', '.join(channels) or 'none'}")
+    interval, stall = settings.loop_monitor_interval_seconds, settings.loop_stall_seconds
+    if interval <= 0:
+        parts.append("loop monitor off")
+    elif stall <= 0:
+        parts.append(f"loop monitor every {interval:g} s (no stall watchdog)")
+    else:
+        parts.append(f"loop monitor every {interval:g} s, stalls from {stall:g} s")
     if fast_paths is None:
         parts.append("fast paths: decided at start-up")
     else:

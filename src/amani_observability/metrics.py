@@ -47,6 +47,8 @@ __all__ = [
     "db_query_duration_seconds",
     "errors_total",
     "escrow_transactions_total",
+    "event_loop_lag_seconds",
+    "event_loop_stalls_total",
     "http_request_duration_seconds",
     "http_requests_in_progress",
     "http_requests_total",
@@ -137,6 +139,19 @@ errors_total = _get_or_create(
     "errors_total",
     "Unhandled exceptions, by exception class name and route template.",
     labelnames=("error_type", "endpoint"),
+)
+# From a few milliseconds (a busy loop) to the seconds of a blocking call.
+EVENT_LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+event_loop_lag_seconds = _get_or_create(
+    Histogram,
+    "event_loop_lag_seconds",
+    "How late the event loop ran a callback scheduled every LOOP_MONITOR_INTERVAL_SECONDS.",
+    buckets=EVENT_LOOP_LAG_BUCKETS,
+)
+event_loop_stalls_total = _get_or_create(
+    Counter,
+    "event_loop_stalls_total",
+    "Times the event loop was blocked for LOOP_STALL_SECONDS or longer.",
 )
 
 

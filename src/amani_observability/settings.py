@@ -131,6 +131,13 @@ class ObservabilitySettings(BaseSettings):
     # The longest Retry-After a receiver's 429 or 503 is obeyed for.
     alert_max_retry_after_seconds: float = Field(default=300.0, ge=0.0, le=86400.0)
 
+    # --- event-loop health ---------------------------------------------------------------
+    # How often the loop runs the lag-measuring callback; 0 turns the monitor (and the
+    # stall watchdog, which reads it) off.
+    loop_monitor_interval_seconds: float = Field(default=0.25, ge=0.0, le=60.0)
+    # How late that callback may be before the watchdog logs a stall; 0: no watchdog.
+    loop_stall_seconds: float = Field(default=0.5, ge=0.0, le=3600.0)
+
     def __init__(self, **values: Any) -> None:
         _reject_unknown_keywords(values)
         try:
