@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from amani_observability.assets import DEFAULT_JOB, alert_rules, grafana_dashboard
+from amani_observability.assets import DEFAULT_JOB, alert_names, alert_rules, grafana_dashboard
 from tests.conftest import require_binary
 from tests.support import ROOT
 
@@ -125,7 +125,7 @@ def test_promtool_accepts_the_stacks_prometheus_config_and_its_rules() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 1 rule files found" in result.stdout
-    assert "SUCCESS: 8 rules found" in result.stdout
+    assert f"SUCCESS: {len(alert_names())} rules found" in result.stdout
 
 
 def test_amtool_accepts_the_stacks_alertmanager_config() -> None:

@@ -250,7 +250,9 @@ def test_every_dashboard_panel_query_parses_and_returns_data(
     stack: dict[str, Any],
 ) -> None:
     results = {name: query(stack["url"], expr) for name, expr in panel_queries().items()}
-    assert len(results) == 11  # nine panels, the business panel with three queries
+    # The guide's nine panels, the business panel with three queries; the event-loop
+    # panel with two.
+    assert len(results) == 13
     # Every panel has data: the demo counts its business events and times its SQL.
     assert [name for name, result in results.items() if not result] == []
 
