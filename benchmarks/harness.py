@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 BARE = "bare FastAPI"
@@ -143,3 +145,12 @@ def low_quantile(values: list[float]) -> float:
     quantile of many short samples tracks the true cost better than the median."""
     ordered = sorted(values)
     return ordered[len(ordered) // 5]
+
+
+def publish(result: dict[str, Any], out: Path) -> int:
+    """Print a benchmark's result as one JSON line, keep it in `out`, and return the exit
+    status: 0 when it meets its target."""
+    print(json.dumps(result))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    return 0 if result["meets_target"] else 1

@@ -49,6 +49,16 @@ def stall_lines(output: str) -> list[dict[str, Any]]:
     return lines
 
 
+def serve(loop: str, tmp_path: Path) -> UvicornProcess:
+    return UvicornProcess(
+        "tests.integration.loop_app:app",
+        free_port(),
+        env=ENV,
+        args=("--loop", loop),
+        log_path=tmp_path / "uvicorn.log",
+    )
+
+
 def bucket(found: dict[Any, float], le: str) -> float:
     return found[("event_loop_lag_seconds_bucket", (("le", le),))]
 
@@ -58,13 +68,7 @@ def test_a_blocking_route_is_one_stall_naming_route_request_and_frame(
     loop: str, tmp_path: Path
 ) -> None:
     started = time.monotonic()
-    with UvicornProcess(
-        "tests.integration.loop_app:app",
-        free_port(),
-        env=ENV,
-        args=("--loop", loop),
-        log_path=tmp_path / "uvicorn.log",
-    ) as server:
+    with serve(loop, tmp_path) as server:
         assert httpx.get(server.base_url + "/health").json() == {"loop": loop}
         response = httpx.get(
             server.base_url + "/blocking", headers={"X-Request-ID": "stall-1"}, timeout=10
@@ -96,13 +100,7 @@ def test_a_blocking_route_is_one_stall_naming_route_request_and_frame(
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_busy_app_without_blocking_calls_logs_no_stall(loop: str, tmp_path: Path) -> None:
-    with UvicornProcess(
-        "tests.integration.loop_app:app",
-        free_port(),
-        env=ENV,
-        args=("--loop", loop),
-        log_path=tmp_path / "uvicorn.log",
-    ) as server:
+    with serve(loop, tmp_path) as server:
 
         async def load() -> list[int]:
             # 400 requests, 20 at a time, bounded by the client's timeout.
