@@ -23,6 +23,7 @@ LIBRARY_PREFIXES = (
     "SLACK_",
     "PAGERDUTY_",
     "ALERT_",
+    "ALERTMANAGER_",
     "METRICS_",
     "SERVICE_",
     "LOG_",

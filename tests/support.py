@@ -8,11 +8,12 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from typing_extensions import Self
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -224,3 +225,19 @@ class OTLPReceiver:
 def otlp_value(any_value: Any) -> Any:
     """The Python value inside an OTLP AnyValue."""
     return getattr(any_value, any_value.WhichOneof("value"))
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
+    """Poll `check` until it returns something truthy; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except httpx.HTTPError as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(0.25)
+    pytest.fail(f"timed out after {timeout} s waiting for {what} (last: {last!r})")

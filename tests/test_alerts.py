@@ -464,7 +464,8 @@ async def test_unknown_severity_channel_or_action_raise_value_error_naming_the_c
     ):
         await dispatcher.send_alert("x", "fatal")
     with pytest.raises(
-        ValueError, match=r"^unknown alert channel 'sms'; choose from pagerduty, slack, webhook$"
+        ValueError,
+        match=r"^unknown alert channel 'sms'; choose from alertmanager, pagerduty, slack, webhook$",
     ):
         await dispatcher.send_alert("x", "info", channels=["slack", "sms"])
     with pytest.raises(
@@ -563,7 +564,7 @@ async def test_a_service_can_add_its_own_channel(server: StandIn) -> None:
         "broken": AlertResult("broken", False, "failed", None, 0, "channel raised RuntimeError"),
     }
     assert server.received("/sms")[0].body == b"error: custom"
-    assert dispatcher.channels == ("slack", "pagerduty", "webhook", "sms", "broken")
+    assert dispatcher.channels == ("slack", "pagerduty", "webhook", "alertmanager", "sms", "broken")
 
 
 def test_something_that_is_not_a_channel_is_refused() -> None:

@@ -14,14 +14,21 @@ from typing import Any
 import pytest
 import yaml
 
+from amani_observability._version import __version__
 from amani_observability.assets import (
     ALERT_RULES_FILE,
+    DEFAULT_JOB,
     DEFAULT_MEMORY_LIMIT_BYTES,
+    DOCS_RUNBOOKS_URL,
     GRAFANA_DASHBOARD_FILE,
+    KUBERNETES_FILES,
+    KubernetesOptions,
     alert_names,
     alert_rules,
     export_assets,
     grafana_dashboard,
+    kubernetes_manifests,
+    runbook_url,
 )
 from tests.conftest import require_binary
 from tests.support import ROOT
@@ -99,7 +106,12 @@ def metric_names(expr: str) -> set[str]:
 
 
 def test_assets_are_read_from_the_package_files() -> None:
-    assert alert_rules() == (ASSETS / ALERT_RULES_FILE).read_text()
+    """Only the runbook references change on the way out: they become absolute URLs."""
+    packaged = (ASSETS / ALERT_RULES_FILE).read_text()
+    assert alert_rules() == packaged.replace(
+        "runbook_url: docs/runbooks/", f"runbook_url: {DOCS_RUNBOOKS_URL}/"
+    )
+    assert packaged.count("runbook_url: docs/runbooks/") == len(ALERTS)
     assert grafana_dashboard() == (ASSETS / GRAFANA_DASHBOARD_FILE).read_text()
 
 
@@ -113,7 +125,7 @@ def test_rules_hold_the_guides_eight_alerts_and_ours_with_for_severity_and_annot
         assert rule["labels"]["severity"] in {"critical", "warning"}, name
         assert set(rule["annotations"]) == {"summary", "description", "runbook_url"}, name
         assert rule["annotations"]["runbook_url"] == (
-            f"docs/runbooks/monitoring_runbook.md#{name.lower()}"
+            f"{DOCS_RUNBOOKS_URL}/monitoring_runbook.md#{name.lower()}"
         )
     severities = {rule["alert"]: rule["labels"]["severity"] for rule in found}
     assert [name for name, level in severities.items() if level == "critical"] == [
@@ -316,3 +328,179 @@ def test_the_built_wheel_carries_the_assets_and_reads_them_from_the_zip(tmp_path
     where, sizes = result.stdout.splitlines()
     assert where.startswith(str(wheel))
     assert sizes == f"{len(ALERTS)} {len(grafana_dashboard())}"
+
+
+# --- runbook URLs and the Kubernetes export -----------------------------------------------
+
+
+def test_runbook_url_is_absolute_by_default_and_follows_a_base_url() -> None:
+    assert (
+        "https://github.com/amani-observability/amani-observability/blob/"
+        f"v{__version__}/docs/runbooks"
+    ) == DOCS_RUNBOOKS_URL
+    assert runbook_url("monitoring_runbook.md", "highcpuusage") == (
+        f"{DOCS_RUNBOOKS_URL}/monitoring_runbook.md#highcpuusage"
+    )
+    assert runbook_url("a.md", "b", base_url="https://wiki.example.com/ops/") == (
+        "https://wiki.example.com/ops/a.md#b"
+    )
+    assert runbook_url("a.md", base_url="http://wiki") == "http://wiki/a.md"
+    with pytest.raises(ValueError, match=r"^runbook base URL 'wiki/ops' must be an http"):
+        runbook_url("a.md", "b", base_url="wiki/ops")
+
+
+def test_runbook_base_url_rewrites_every_runbook_url_of_the_rules() -> None:
+    rules = yaml.safe_load(alert_rules(runbook_base_url="https://wiki.example.com/runbooks"))
+    found = {
+        rule["alert"]: rule["annotations"]["runbook_url"]
+        for group in rules["groups"]
+        for rule in group["rules"]
+    }
+    assert found == {
+        name: f"https://wiki.example.com/runbooks/monitoring_runbook.md#{name.lower()}"
+        for name in ALERTS
+    }
+    with pytest.raises(ValueError, match=r"must be an http:// or https:// URL$"):
+        alert_rules(runbook_base_url="docs/runbooks")
+
+
+def load_manifests(directory: Path) -> dict[str, Any]:
+    return {path.name: yaml.safe_load(path.read_text()) for path in directory.iterdir()}
+
+
+def test_kubernetes_export_writes_operator_resources_with_the_same_rules(tmp_path: Path) -> None:
+    written = export_assets(
+        tmp_path,
+        format="kubernetes",
+        job="payments",
+        kubernetes=KubernetesOptions(namespace="shop", selector_labels={"release": "prometheus"}),
+        runbook_base_url="https://wiki.example.com/rb",
+    )
+    target = tmp_path / "kubernetes"
+    assert written == [target / name for name in KUBERNETES_FILES]
+    manifests = load_manifests(target)
+    rules = alert_rules(job="payments", runbook_base_url="https://wiki.example.com/rb")
+    assert manifests["prometheusrule.yaml"] == {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "payments", "namespace": "shop", "labels": {"release": "prometheus"}},
+        "spec": {"groups": yaml.safe_load(rules)["groups"]},
+    }
+    assert manifests["servicemonitor.yaml"] == {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": {"name": "payments", "namespace": "shop", "labels": {"release": "prometheus"}},
+        "spec": {
+            "selector": {"matchLabels": {"app.kubernetes.io/name": "payments"}},
+            "endpoints": [
+                {
+                    "port": "http",
+                    "path": "/metrics",
+                    "relabelings": [{"targetLabel": "job", "replacement": "payments"}],
+                }
+            ],
+        },
+    }
+    assert manifests["grafana-dashboard-configmap.yaml"] == {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "payments", "namespace": "shop", "labels": {"grafana_dashboard": "1"}},
+        "data": {"amani-observability.json": grafana_dashboard()},
+    }
+
+
+@pytest.mark.parametrize(
+    ("auth", "expected"),
+    [
+        (
+            {"basic_auth_secret": "metrics-auth"},
+            {
+                "basicAuth": {
+                    "username": {"name": "metrics-auth", "key": "username"},
+                    "password": {"name": "metrics-auth", "key": "password"},
+                }
+            },
+        ),
+        (
+            {"bearer_token_secret": "metrics-token"},
+            {
+                "authorization": {
+                    "type": "Bearer",
+                    "credentials": {"name": "metrics-token", "key": "token"},
+                }
+            },
+        ),
+    ],
+)
+def test_the_service_monitor_reads_scrape_credentials_from_a_secret(
+    auth: dict[str, str], expected: dict[str, Any]
+) -> None:
+    monitor = yaml.safe_load(
+        kubernetes_manifests(
+            [alert_rules()],
+            options=KubernetesOptions(
+                port="web",
+                metrics_path="/internal/metrics",
+                service_labels={"app": "shop", "tier": "api"},
+                **auth,
+            ),
+        )["servicemonitor.yaml"]
+    )
+    assert monitor["metadata"] == {"name": DEFAULT_JOB}
+    assert monitor["spec"] == {
+        "selector": {"matchLabels": {"app": "shop", "tier": "api"}},
+        "endpoints": [
+            {
+                "port": "web",
+                "path": "/internal/metrics",
+                "relabelings": [{"targetLabel": "job", "replacement": DEFAULT_JOB}],
+                **expected,
+            }
+        ],
+    }
+
+
+def test_the_prometheus_rule_joins_the_groups_of_several_rules_files() -> None:
+    """Other rule sets (SLO rules) join the PrometheusRule by adding their rules file."""
+    extra = "# comment\ngroups:\n- name: extra\n  rules:\n  - record: x:y\n    expr: vector(1)\n"
+    rule = yaml.safe_load(kubernetes_manifests([alert_rules(), extra])["prometheusrule.yaml"])
+    assert rule["spec"]["groups"] == [
+        *yaml.safe_load(alert_rules())["groups"],
+        {"name": "extra", "rules": [{"record": "x:y", "expr": "vector(1)"}]},
+    ]
+    with pytest.raises(ValueError, match=r"^a rules file must have a top-level `groups:` list$"):
+        kubernetes_manifests(["rules: []\n"])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"namespace": "Shop"}, r"^'Shop' is not a Kubernetes name"),
+        ({"selector_labels": {"release": "a b"}}, r"^release=a b is not a valid Kubernetes label$"),
+        ({"port": "http_port"}, r"^port 'http_port' is not a Kubernetes port name$"),
+        ({"metrics_path": "metrics"}, r"^metrics path 'metrics' must start with /$"),
+        (
+            {"basic_auth_secret": "a", "bearer_token_secret": "b"},
+            r"^choose basic auth or a bearer token for the ServiceMonitor, not both$",
+        ),
+    ],
+)
+def test_kubernetes_export_rejects_bad_options_before_writing(
+    tmp_path: Path, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        export_assets(tmp_path, format="kubernetes", kubernetes=KubernetesOptions(**options))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_promtool_accepts_the_rule_groups_of_the_prometheus_rule(tmp_path: Path) -> None:
+    promtool = require_binary("promtool")
+    export_assets(tmp_path, format="kubernetes")
+    rule = yaml.safe_load((tmp_path / "kubernetes" / "prometheusrule.yaml").read_text())
+    extracted = tmp_path / "extracted_rules.yml"
+    extracted.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    result = subprocess.run(
+        [promtool, "check", "rules", str(extracted)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(ALERTS)} rules found" in result.stdout

@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 
 from amani_observability._startup import SUMMARY_PREFIX
-from amani_observability.assets import alert_names, alert_rules, grafana_dashboard
+from amani_observability.assets import (
+    KUBERNETES_FILES,
+    KubernetesOptions,
+    alert_names,
+    alert_rules,
+    grafana_dashboard,
+    kubernetes_manifests,
+)
 from amani_observability.cli import TEST_EVENT_MESSAGE, main, mask
 from tests.conftest import free_port
 
@@ -148,6 +155,69 @@ def test_export_assets_applies_job_and_memory_limit(
     assert code == 0
     text = (tmp_path / "config" / "alert_rules.yml").read_text()
     assert text == alert_rules(job="payments", memory_limit_bytes=1073741824)
+
+
+def test_export_assets_kubernetes_format_takes_the_operator_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("METRICS_PATH", "/internal/metrics")
+    code, lines = run(
+        capsys,
+        "export-assets",
+        str(tmp_path),
+        "--format",
+        "kubernetes",
+        "--job",
+        "payments",
+        "--namespace",
+        "shop",
+        "--selector-label",
+        "release=prometheus",
+        "--selector-label",
+        "team=pay",
+        "--service-label",
+        "app=payments",
+        "--port",
+        "web",
+        "--bearer-token-secret",
+        "payments-metrics",
+        "--runbook-base-url",
+        "https://wiki.example.com/rb",
+    )
+    target = tmp_path / "kubernetes"
+    assert (code, lines) == (0, [f"wrote {target / name}" for name in KUBERNETES_FILES])
+    expected = kubernetes_manifests(
+        [alert_rules(job="payments", runbook_base_url="https://wiki.example.com/rb")],
+        job="payments",
+        options=KubernetesOptions(
+            namespace="shop",
+            selector_labels={"release": "prometheus", "team": "pay"},
+            service_labels={"app": "payments"},
+            port="web",
+            metrics_path="/internal/metrics",
+            bearer_token_secret="payments-metrics",
+        ),
+    )
+    assert {name: (target / name).read_text() for name in KUBERNETES_FILES} == expected
+
+
+def test_export_assets_rejects_a_bad_runbook_base_url_and_both_scrape_credentials(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["export-assets", str(tmp_path), "--runbook-base-url", "wiki/rb"]) == 1
+    assert capsys.readouterr().err == (
+        "amani-observability: runbook base URL 'wiki/rb' must be an http:// or https:// URL\n"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "export-assets", str(tmp_path), "--format", "kubernetes",
+                "--basic-auth-secret", "a", "--bearer-token-secret", "b",
+            ]
+        )  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "not allowed with argument --basic-auth-secret" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_export_assets_rejects_a_bad_memory_limit(

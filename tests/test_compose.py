@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from amani_observability.assets import DEFAULT_JOB, alert_names, alert_rules, grafana_dashboard
@@ -22,16 +23,21 @@ def compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE.read_text())  # type: ignore[no-any-return]
 
 
+# A git-ignored directory the user fills with Alertmanager's notification credentials.
+SECRETS_DIRECTORY = "./alertmanager-secrets"
+
+
 def bind_mounts() -> dict[str, list[tuple[Path, str]]]:
     """Service -> [(host path, container path)] for each file the compose file mounts.
 
-    Named volumes and node_exporter's read-only view of the host root are left out.
+    Named volumes, the secrets directory and node_exporter's read-only view of the host
+    root are left out.
     """
     mounts: dict[str, list[tuple[Path, str]]] = {}
     for name, service in compose()["services"].items():
         for volume in service.get("volumes", []):
             source, target = volume.split(":")[:2]
-            if source.startswith("."):
+            if source.startswith(".") and source != SECRETS_DIRECTORY:
                 mounts.setdefault(name, []).append((EXAMPLES / source, target))
     return mounts
 
@@ -138,6 +144,58 @@ def test_amtool_accepts_the_stacks_alertmanager_config() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
+    assert " - 2 inhibit rules\n - 2 receivers\n" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("severity", "receivers"),
+    [
+        ("critical", "pagerduty,slack"),
+        ("error", "slack"),
+        ("warning", "slack"),
+        ("info", "slack"),
+    ],
+)
+def test_amtool_routes_alerts_by_severity(severity: str, receivers: str) -> None:
+    """Critical pages and reaches Slack; everything else goes to Slack only."""
+    amtool = require_binary("amtool")
+    result = subprocess.run(
+        [
+            amtool, "config", "routes", "test",
+            f"--config.file={EXAMPLES / 'config' / 'alertmanager.yml'}",
+            f"severity={severity}", "alertname=PaymentProviderUnreachable", "service=payments",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == receivers
+
+
+def test_alertmanager_groups_per_alert_and_a_critical_inhibits_the_warning_of_its_name() -> None:
+    config = yaml.safe_load((EXAMPLES / "config" / "alertmanager.yml").read_text())
+    assert config["route"]["group_by"] == ["alertname", "job", "service"]
+    assert config["inhibit_rules"][0] == {
+        "source_matchers": ['severity="critical"'],
+        "target_matchers": ['severity="warning"'],
+        "equal": ["alertname", "job", "service"],
+    }
+    receivers = {receiver["name"]: receiver for receiver in config["receivers"]}
+    [slack] = receivers["slack"]["slack_configs"]
+    [pagerduty] = receivers["pagerduty"]["pagerduty_configs"]
+    # Credentials come from the mounted, git-ignored secrets directory.
+    assert slack["api_url_file"] == "/etc/alertmanager/secrets/slack_webhook_url"
+    assert pagerduty["routing_key_file"] == "/etc/alertmanager/secrets/pagerduty_routing_key"
+    volumes = compose()["services"]["alertmanager"]["volumes"]
+    assert f"{SECRETS_DIRECTORY}:/etc/alertmanager/secrets:ro" in volumes
+    assert "examples/alertmanager-secrets/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_the_app_sends_its_alerts_to_the_stacks_alertmanager() -> None:
+    app = compose()["services"]["app"]
+    assert app["environment"]["ALERTMANAGER_URL"] == "http://alertmanager:9093"
+    assert "alertmanager" in app["depends_on"]
 
 
 def test_the_app_gets_secrets_only_from_an_optional_env_file() -> None:

@@ -15,7 +15,8 @@ The convention (also in docs/contributing.md):
 - The working directory is an empty temporary directory. None of the library's environment
   variables are set except these, which point at a recording HTTP stand-in on 127.0.0.1:
   SENTRY_DSN, SLACK_WEBHOOK_URL, PAGERDUTY_API_KEY, PAGERDUTY_EVENTS_URL (answers 202),
-  ALERT_WEBHOOK_URL; OTLP_ENDPOINT points at a closed loopback port. Examples read their
+  ALERT_WEBHOOK_URL, ALERTMANAGER_URL (two instances' base URLs); OTLP_ENDPOINT points at
+  a closed loopback port. Examples read their
   settings from the environment (`ObservabilitySettings()`), as a service would.
 - Warnings are errors, with the filters of [tool.pytest.ini_options] in pyproject.toml.
 - A page gets PAGE_TIMEOUT seconds. Every request an example makes must reach one of the
@@ -39,6 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -131,7 +133,7 @@ def _route(path: str) -> tuple[int, bytes, str] | None:
     if path == "/pagerduty":
         body = {"status": "success", "message": "Event processed", "dedup_key": "docs"}
         return 202, json.dumps(body).encode(), "application/json"
-    if path == "/webhook":
+    if path in ("/webhook", "/am-0/api/v2/alerts", "/am-1/api/v2/alerts"):
         return 200, b"{}", "application/json"
     if path in ("/api/1/envelope/", "/api/1/store/"):  # Sentry, project 1
         return 200, b"{}", "application/json"
@@ -181,6 +183,7 @@ def example_environment(stand_in: StandIn) -> dict[str, str]:
             "PAGERDUTY_API_KEY": PAGERDUTY_API_KEY,
             "PAGERDUTY_EVENTS_URL": f"{stand_in.base}/pagerduty",
             "ALERT_WEBHOOK_URL": f"{stand_in.base}/webhook",
+            "ALERTMANAGER_URL": f"{stand_in.base}/am-0,{stand_in.base}/am-1",
             # Nothing listens there: exporting fails, which must not break an example.
             "OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
@@ -260,6 +263,89 @@ def test_every_fence_names_its_language(page: Path) -> None:
         if b.language != "python" and b.language.lower() in PYTHON_ALIASES
     ]
     assert aliases == [], f"{page_id(page)}: tag Python blocks `python` (lines {aliases})"
+
+
+PAGES_WITH_YAML = [
+    page
+    for page in PAGES
+    if any(b.language in ("yaml", "yml") for b in fenced_blocks(page.read_text("utf-8")))
+]
+
+
+def yaml_documents(page: Path) -> list[Any]:
+    """Every document of every ```yaml block of a page, parsed."""
+    import yaml
+
+    blocks = fenced_blocks(page.read_text("utf-8"))
+    return [
+        document
+        for block in blocks
+        if block.language in ("yaml", "yml")
+        for document in yaml.safe_load_all(block.source)
+    ]
+
+
+@pytest.mark.parametrize("page", PAGES_WITH_YAML, ids=page_id)
+def test_yaml_examples_parse(page: Path) -> None:
+    """A YAML block that does not parse would fail on the reader's `kubectl apply`."""
+    import yaml
+
+    for block in fenced_blocks(page.read_text("utf-8")):
+        if block.language in ("yaml", "yml"):
+            try:
+                documents = list(yaml.safe_load_all(block.source))
+            except yaml.YAMLError as exc:
+                pytest.fail(f"{page_id(page)}:{block.line}: {exc}")
+            assert all(isinstance(document, dict) for document in documents), block.line
+
+
+def test_the_kubernetes_page_keeps_probes_out_of_the_signals_and_lists_every_alertmanager() -> None:
+    """The Deployment's probe paths are excluded, by the library's own settings, from
+    metrics, access log, traces and Sentry; ALERTMANAGER_URL names each Alertmanager pod;
+    the Collector pipeline batches, retries and tail-samples."""
+    from amani_observability import ObservabilitySettings
+    from amani_observability._asgi import compile_paths
+
+    page = ROOT / "docs" / "kubernetes.md"
+    documents = {doc.get("kind", "collector"): doc for doc in yaml_documents(page)}
+    pod = documents["Deployment"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    settings = ObservabilitySettings(
+        **{
+            name.lower(): value
+            for name, value in env.items()
+            if value is not None and (name.lower() in ObservabilitySettings.model_fields)
+        }
+    )
+    probes = [container[probe]["httpGet"]["path"] for probe in ("livenessProbe", "readinessProbe")]
+    assert probes == ["/health", "/ready"]
+    for excluded in (
+        settings.metrics_excluded_paths,
+        settings.access_log_excluded_paths,
+        settings.tracing_excluded_paths,
+        settings.sentry_excluded_paths,
+    ):
+        assert [compile_paths(excluded)(path) for path in probes] == [True, True], excluded
+    assert env["PROMETHEUS_MULTIPROC_DIR"] == container["volumeMounts"][0]["mountPath"]
+    assert pod["volumes"][0]["emptyDir"]["medium"] == "Memory"
+    assert pod["terminationGracePeriodSeconds"] == 40
+    alertmanager = documents["Alertmanager"]
+    assert settings.alertmanager_url == [
+        f"http://alertmanager-{alertmanager['metadata']['name']}-{n}.alertmanager-operated."
+        f"{alertmanager['metadata']['namespace']}.svc:9093"
+        for n in range(alertmanager["spec"]["replicas"])
+    ]
+    collector = documents["collector"]
+    assert settings.otlp_endpoint == "http://otel-gateway.observability.svc:4317"
+    assert collector["service"]["pipelines"]["traces"] == {
+        "receivers": ["otlp"],
+        "processors": ["memory_limiter", "tail_sampling", "batch"],
+        "exporters": ["otlp"],
+    }
+    assert collector["exporters"]["otlp"]["retry_on_failure"]["enabled"] is True
+    service = documents["Service"]
+    assert service["spec"]["ports"][0]["name"] == container["ports"][0]["name"] == "http"
 
 
 def test_fenced_blocks_keep_markdown_line_numbers_and_dedent_list_items() -> None:

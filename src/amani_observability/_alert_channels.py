@@ -1,6 +1,7 @@
-"""The shipped alert channels (Slack, PagerDuty Events v2, a JSON webhook) and their bodies.
+"""The shipped alert channels (Slack, PagerDuty Events v2, a JSON webhook, Alertmanager)
+and their bodies.
 
-A channel only turns an `Alert` into one HTTP POST (`ChannelRequest`); the dispatcher in
+A channel only turns an `Alert` into HTTP POSTs (`ChannelRequest`s); the dispatcher in
 alerts.py owns everything around it: retries, deadlines, pacing, throttling, metrics.
 Secrets (webhook URLs, the PagerDuty routing key) stay in `SecretStr` until the request
 is built, and the request's `repr()` hides them.
@@ -10,10 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
@@ -44,6 +46,7 @@ SLACK_COLOURS: Mapping[str, str] = {
     "warning": "#F8E71C",
     "info": "#4A90E2",
 }
+SLACK_RESOLVED_COLOUR = "#2EB67D"
 
 
 @dataclass(frozen=True)
@@ -80,14 +83,17 @@ class AlertChannel(Protocol):
     """What a channel provides. Add your own with `AlertDispatcher(..., channels=[...])`.
 
     `name` is what callers pass in `channels=`; `request()` returns the POST to send, or
-    None when the channel is not configured (the result is then `not_configured`). The
+    None when the channel is not configured (the result is then `not_configured`). It may
+    return several POSTs (one per replica of a clustered receiver, as Alertmanager wants):
+    they go out at once, each with its own retries and deadline, and the alert counts as
+    delivered when at least one of them was. The
     dispatcher treats 2xx as delivered; 408, 429 and 5xx (and network errors) as worth
     retrying; any other status as a permanent rejection.
     """
 
     name: str
 
-    def request(self, alert: Alert) -> ChannelRequest | None: ...
+    def request(self, alert: Alert) -> ChannelRequest | Sequence[ChannelRequest] | None: ...
 
 
 @runtime_checkable
@@ -191,7 +197,7 @@ class SlackChannel:
 
 
 def slack_body(alert: Alert) -> dict[str, Any]:
-    label = alert.severity.upper()
+    label = "RESOLVED" if alert.action == "resolve" else alert.severity.upper()
     where = slack_escape(f"{alert.service} ({alert.environment})", 200)
     headline = f"[{label}] {where}: "
     text = headline + slack_escape(alert.message, SLACK_TEXT_LIMIT - len(headline))
@@ -217,11 +223,12 @@ def slack_body(alert: Alert) -> dict[str, Any]:
         blocks.append(
             {"type": "section", "fields": fields[start : start + SLACK_FIELDS_PER_SECTION]}
         )
+    colour = SLACK_RESOLVED_COLOUR if alert.action == "resolve" else SLACK_COLOURS[alert.severity]
     footer = slack_escape(f"{alert.host} · {alert.timestamp.isoformat(timespec='seconds')}", 300)
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": footer}]})
     return {
         "text": text,
-        "attachments": [{"color": SLACK_COLOURS[alert.severity], "blocks": blocks}],
+        "attachments": [{"color": colour, "blocks": blocks}],
     }
 
 
@@ -332,3 +339,125 @@ def webhook_body(alert: Alert) -> dict[str, Any]:
         "timestamp": alert.timestamp.isoformat(),
         "context": json_safe(alert.context),
     }
+
+
+# Alertmanager label names (before its UTF-8 mode): letters, digits and underscores.
+_LABEL_NAME_CHARACTERS = re.compile(r"[^A-Za-z0-9_]")
+_WORDS = re.compile(r"[A-Za-z0-9]+")
+# An alertname longer than this is cut: a label value is part of every notification.
+ALERTNAME_LIMIT = 128
+# Annotation values Alertmanager shows in notifications; a huge context must not bloat them.
+ANNOTATION_LIMIT = 4096
+
+
+def alertname_slug(message: str) -> str:
+    """A stable CamelCase `alertname` for a message without one: "db pool exhausted!" ->
+    "DbPoolExhausted". Equal messages give equal names in every replica."""
+    words = _WORDS.findall(message)
+    name = "".join(word[:1].upper() + word[1:] for word in words)[:ALERTNAME_LIMIT]
+    if not name or name[0].isdigit():
+        name = ("Alert" + name)[:ALERTNAME_LIMIT]
+    return name
+
+
+def _annotation_name(key: str) -> str:
+    name = _LABEL_NAME_CHARACTERS.sub("_", key) or "_"
+    return "_" + name if name[0].isdigit() else name
+
+
+def _annotation_text(value: Any) -> str:
+    # Context values arrive redacted (the dispatcher applies REDACT_KEYS to every alert).
+    text = value if isinstance(value, str) else dumps(value).decode()
+    return cut(text, ANNOTATION_LIMIT)
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def alertmanager_body(
+    alert: Alert, *, ttl_seconds: float, runbook_url: str, pid: int
+) -> list[dict[str, Any]]:
+    """The `POST /api/v2/alerts` body: one alert whose labels are the same from every
+    replica (so Alertmanager merges them) and whose annotations carry this replica's facts.
+
+    A trigger ends `ttl_seconds` after it was raised unless sent again; a resolve ends now.
+    """
+    context = json_safe(alert.context)
+    given_name = context.pop("alertname", None)
+    alertname = (
+        cut(str(given_name), ALERTNAME_LIMIT) if given_name else alertname_slug(alert.message)
+    )
+    labels = {
+        "alertname": alertname,
+        "severity": alert.severity,
+        "service": alert.service,
+        "environment": alert.environment,
+    }
+    runbook = context.pop("runbook_url", None)
+    facts = {"host": alert.host, "pid": pid, **context}
+    details = "\n".join(f"{key}: {_annotation_text(value)}" for key, value in facts.items())
+    annotations = {_annotation_name(key): _annotation_text(value) for key, value in facts.items()}
+    annotations.update(
+        summary=_annotation_text(alert.message),
+        description=_annotation_text(f"{alert.message}\n{details}"),
+        runbook_url=_annotation_text(runbook) if runbook else runbook_url,
+    )
+    ends = (
+        alert.timestamp
+        if alert.action == "resolve"
+        else alert.timestamp + timedelta(seconds=ttl_seconds)
+    )
+    return [
+        {
+            "labels": labels,
+            "annotations": annotations,
+            "startsAt": _rfc3339(alert.timestamp),
+            "endsAt": _rfc3339(ends),
+        }
+    ]
+
+
+def _password(url: str) -> tuple[str, ...]:
+    password = urlsplit(url).password
+    return (password,) if password else ()
+
+
+class AlertmanagerChannel:
+    """Prometheus Alertmanager (`POST /api/v2/alerts`), to every instance of an HA cluster.
+
+    Like Prometheus, it sends each alert to every listed instance; the cluster gossips
+    which notifications went out, so replicas of a service and instances of the cluster
+    together still notify once. `runbook_url` is the annotation's value when the
+    alert's context carries no `runbook_url` of its own.
+    """
+
+    name = "alertmanager"
+
+    def __init__(
+        self,
+        base_urls: Sequence[str],
+        *,
+        ttl_seconds: float,
+        runbook_url: str,
+    ) -> None:
+        self._urls = tuple(url.rstrip("/") + "/api/v2/alerts" for url in base_urls)
+        self._ttl_seconds = ttl_seconds
+        self._runbook_url = runbook_url
+
+    def __repr__(self) -> str:
+        return f"AlertmanagerChannel(instances={len(self._urls)}, ttl_seconds={self._ttl_seconds})"
+
+    def request(self, alert: Alert) -> tuple[ChannelRequest, ...] | None:
+        if not self._urls:
+            return None
+        content = dumps(
+            alertmanager_body(
+                alert, ttl_seconds=self._ttl_seconds, runbook_url=self._runbook_url, pid=os.getpid()
+            )
+        )
+        return tuple(
+            # The path is the API's, no secret; a password in the URL is.
+            ChannelRequest(url=url, content=content, secrets=_password(url))
+            for url in self._urls
+        )

@@ -13,6 +13,7 @@ import importlib
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
@@ -232,6 +233,27 @@ async def deliver(
                 f"{error}; the next try ({wait:.1f} s) would pass the deadline",
             )  # fmt: skip
         await asyncio.sleep(wait)
+
+
+def first_accepted(channel: str, results: Sequence[AlertResult]) -> AlertResult:
+    """One result for a channel that POSTed to several receivers (the instances of an
+    Alertmanager cluster): delivered when any of them accepted the alert."""
+    if len(results) == 1:
+        return results[0]
+    count = len(results)
+    attempts = sum(result.attempts for result in results)
+    missed = "; ".join(
+        f"receiver {position} of {count}: {result.error}"
+        for position, result in enumerate(results, start=1)
+        if not result.ok
+    )
+    accepted = [result for result in results if result.ok]
+    if accepted:
+        return AlertResult(channel, True, "delivered", accepted[0].status, attempts, missed or None)
+    outcome: Outcome = (
+        "rejected" if all(result.outcome == "rejected" for result in results) else "failed"
+    )
+    return AlertResult(channel, False, outcome, results[0].status, attempts, missed)
 
 
 def alerts_sent_counter() -> Counter:

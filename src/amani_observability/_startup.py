@@ -122,6 +122,8 @@ def summary(
         )
         if value is not None
     ]
+    if settings.alertmanager_url:
+        channels.append(f"alertmanager ({len(settings.alertmanager_url)} instances)")
     parts.append(f"alert channels: {', '.join(channels) or 'none'}")
     interval, stall = settings.loop_monitor_interval_seconds, settings.loop_stall_seconds
     if interval <= 0:

@@ -1,9 +1,11 @@
-"""Alerts to Slack, PagerDuty (Events API v2) and a JSON webhook, from async code.
+"""Alerts to Slack, PagerDuty (Events API v2), a JSON webhook and Alertmanager, from async
+code.
 
     from amani_observability.alerts import send_alert, get_dispatcher
 
     results = await send_alert("Payments failing", "critical", context={"rate": "12%"})
     get_dispatcher().submit("Queue backing up", "warning")   # fire and forget
+    await send_alert("Payments failing", "critical", channels=["alertmanager"], action="resolve")
 
 `instrument()` builds one `AlertDispatcher` from its settings, installs it at lifespan
 start-up (`get_dispatcher()`) and drains and closes it at shutdown. The module functions
@@ -31,6 +33,7 @@ from ._alert_channels import (
     Action,
     Alert,
     AlertChannel,
+    AlertmanagerChannel,
     ChannelRequest,
     DigestChannel,
     PagerDutyChannel,
@@ -47,16 +50,19 @@ from ._alert_delivery import (
     Throttle,
     alerts_sent_counter,
     deliver,
+    first_accepted,
     hide_in_httpx_logs,
     new_client,
 )
 from ._alert_queue import Backlog
 from ._redaction import redactor_for
+from .assets import runbook_url
 from .settings import ObservabilitySettings
 
 __all__ = [
     "ACTIONS",
     "OUTCOMES",
+    "SEND_ACTIONS",
     "SEVERITIES",
     "Action",
     "Alert",
@@ -76,6 +82,10 @@ __all__ = [
 logger = logging.getLogger("amani_observability.alerts")
 
 DEFAULT_CHANNELS: tuple[str, ...] = ("slack", "pagerduty")
+# What send_alert() and submit() may do to an alert; acknowledging is PagerDuty's alone.
+SEND_ACTIONS: tuple[str, ...] = ("trigger", "resolve")
+# The runbook section an Alertmanager alert links to when its context names none.
+SERVICE_ALERTS_RUNBOOK = ("monitoring_runbook.md", "alerts-raised-by-the-service")
 # Sends each channel's queue worker runs at once: enough to hide a slow endpoint, few
 # enough to keep a burst from opening a hundred connections. A paced channel sends one
 # at a time: its messages go out one per pace interval anyway.
@@ -89,16 +99,17 @@ ALERTS_LOST = (
 )
 
 _installed: AlertDispatcher | None = None
-# What submit() queues on each channel: message, severity, context, time.time().
-_Queued = tuple[str, str, "dict[str, Any] | None", float]
+# What submit() queues on each channel: message, severity, context, time.time(), action.
+_Queued = tuple[str, str, "dict[str, Any] | None", float, Action]
 
 
 class AlertDispatcher:
     """Sends alerts to its channels over one shared `httpx.AsyncClient`.
 
     Built from `ObservabilitySettings` (SLACK_WEBHOOK_URL, PAGERDUTY_API_KEY,
-    PAGERDUTY_EVENTS_URL, ALERT_WEBHOOK_URL, ALERT_* limits). Extra `channels` join the
-    shipped `slack`, `pagerduty` and `webhook` (a channel with the same name replaces one).
+    PAGERDUTY_EVENTS_URL, ALERT_WEBHOOK_URL, ALERTMANAGER_URL, ALERT_* limits). Extra
+    `channels` join the shipped `slack`, `pagerduty`, `webhook` and `alertmanager` (a
+    channel with the same name replaces one).
     `backoff`, `slack_pace_seconds` and `transport` exist so tests need not sleep;
     `drain_timeout` overrides ALERT_SHUTDOWN_TIMEOUT_SECONDS.
     """
@@ -133,6 +144,11 @@ class AlertDispatcher:
             SlackChannel(settings.slack_webhook_url, pace_seconds=slack_pace_seconds),
             PagerDutyChannel(settings.pagerduty_api_key, events_url=settings.pagerduty_events_url),
             WebhookChannel(settings.alert_webhook_url),
+            AlertmanagerChannel(
+                settings.alertmanager_url,
+                ttl_seconds=settings.alertmanager_alert_ttl_seconds,
+                runbook_url=runbook_url(*SERVICE_ALERTS_RUNBOOK),
+            ),
         )
         for channel in (*shipped, *channels):
             self.add_channel(channel)
@@ -141,7 +157,13 @@ class AlertDispatcher:
                 secret.get_secret_value()
                 for secret in (settings.slack_webhook_url, settings.alert_webhook_url)
                 if secret is not None
-            )
+            ),
+            # An Alertmanager URL is a credential only when it carries user:password@.
+            *(
+                url.rstrip("/") + "/api/v2/alerts"
+                for url in settings.alertmanager_url
+                if "@" in url
+            ),
         )
         self._counter = alerts_sent_counter()
         self._pacer = Pacer()
@@ -205,10 +227,16 @@ class AlertDispatcher:
         severity: str,
         context: Mapping[str, Any] | None = None,
         channels: Iterable[str] | str = DEFAULT_CHANNELS,
+        *,
+        action: str = "trigger",
     ) -> dict[str, AlertResult]:
-        """Send to every channel at once; each result arrives within its own deadline."""
+        """Send to every channel at once; each result arrives within its own deadline.
+
+        `action="resolve"` ends the alert with the same message and severity (Alertmanager
+        matches it by its labels, PagerDuty by its dedup key)."""
         names = self._channel_names(channels)
-        return await self._send_to(names, self._alert(message, severity, context))
+        alert = self._alert(message, severity, context, action=_send_action(action))
+        return await self._send_to(names, alert)
 
     def submit(
         self,
@@ -216,17 +244,23 @@ class AlertDispatcher:
         severity: str,
         context: Mapping[str, Any] | None = None,
         channels: Iterable[str] | str = DEFAULT_CHANNELS,
+        *,
+        action: str = "trigger",
     ) -> bool:
         """Queue an alert and return at once (False: dropped, queue full or shut down).
 
         Callable from the event loop or, once the dispatcher has run on a loop, from
         other threads (sync endpoints in a thread pool)."""
         _check_severity(severity)
+        checked_action = _send_action(action)
         names = self._channel_names(channels)
         if not self._accepting:
             return self._drop(names, "the dispatcher is shut down")
         # Only what must be captured now; the worker builds the alert.
-        item = (str(message), severity, dict(context) if context else None, time.time())
+        item = (
+            str(message), severity, dict(context) if context else None, time.time(),
+            checked_action,
+        )  # fmt: skip
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -382,10 +416,20 @@ class AlertDispatcher:
         else:
             assert isinstance(channel, DigestChannel)  # only such channels are batched
             request = channel.digest(alerts)
-        if request is None:
+        if request is None or (not isinstance(request, ChannelRequest) and not request):
             return AlertResult(name, False, "not_configured", None, 0, f"{name} is not configured")
+        client = await self._http()
+        if isinstance(request, ChannelRequest):
+            return await self._post(client, name, request)
+        # One POST per receiver, at once, each with its own retries and deadline.
+        posts = await asyncio.gather(*(self._post(client, name, each) for each in request))
+        return first_accepted(name, posts)
+
+    async def _post(
+        self, client: httpx.AsyncClient, name: str, request: ChannelRequest
+    ) -> AlertResult:
         return await deliver(
-            await self._http(),
+            client,
             name,
             request,
             timeout=self._timeout,
@@ -435,7 +479,7 @@ class AlertDispatcher:
             channel = self._channels[name]
 
             async def send(items: list[_Queued]) -> None:
-                alerts = [self._alert(m, s, c, timestamp=t) for m, s, c, t in items]
+                alerts = [self._alert(m, s, c, action=a, timestamp=t) for m, s, c, t, a in items]
                 await self._send_batch(name, alerts)
 
             if isinstance(channel, DigestChannel) and channel.pace_seconds > 0:
@@ -495,6 +539,12 @@ def _or(choices: Iterable[str]) -> str:
     return ", ".join(choices)
 
 
+def _send_action(action: str) -> Action:
+    if action not in SEND_ACTIONS:
+        raise ValueError(f"unknown alert action {action!r}; choose one of {_or(SEND_ACTIONS)}")
+    return cast(Action, action)
+
+
 def _check_severity(severity: str) -> None:
     if severity not in SEVERITIES:
         raise ValueError(f"unknown alert severity {severity!r}; choose one of {_or(SEVERITIES)}")
@@ -539,9 +589,13 @@ async def send_alert(
     severity: str,
     context: Mapping[str, Any] | None = None,
     channels: Iterable[str] | str = DEFAULT_CHANNELS,
+    *,
+    action: str = "trigger",
 ) -> dict[str, AlertResult]:
-    """Send to several channels at once; returns {channel: AlertResult}."""
+    """Send to several channels at once; returns {channel: AlertResult}.
+
+    `action="resolve"` ends an alert sent earlier with the same message and severity."""
     if _installed is not None:
-        return await _installed.send_alert(message, severity, context, channels)
+        return await _installed.send_alert(message, severity, context, channels, action=action)
     async with AlertDispatcher() as dispatcher:
-        return await dispatcher.send_alert(message, severity, context, channels)
+        return await dispatcher.send_alert(message, severity, context, channels, action=action)

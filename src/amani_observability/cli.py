@@ -1,6 +1,8 @@
 """The `amani-observability` console command.
 
     amani-observability export-assets DIR [--force] [--job NAME] [--memory-limit-bytes N]
+                              [--runbook-base-url URL] [--format prometheus|kubernetes]
+                              [--namespace NS] [--selector-label KEY=VALUE] ...
     amani-observability check [--env-file PATH] [--send-test-error] [--test-alert CHANNEL]
                               [--metrics-url URL] [--prometheus-url URL]
 
@@ -28,7 +30,14 @@ from pydantic import SecretStr
 from ._redaction import REDACTED, mask_userinfo, redactor_for, url_origin
 from ._startup import ENV_TYPO, env_typos, summary
 from ._version import __version__
-from .assets import DEFAULT_JOB, DEFAULT_MEMORY_LIMIT_BYTES, alert_names, export_assets
+from .assets import (
+    DEFAULT_JOB,
+    DEFAULT_MEMORY_LIMIT_BYTES,
+    DOCS_RUNBOOKS_URL,
+    KubernetesOptions,
+    alert_names,
+    export_assets,
+)
 from .exceptions import ConfigurationError
 from .settings import ObservabilitySettings
 
@@ -40,6 +49,8 @@ TEST_ALERT_MESSAGE = "amani-observability check: test alert"
 MASK = REDACTED
 # REDACT_KEYS of the settings `check` read, once it has read them.
 _redactor = redactor_for(())
+# Channels whose test alert is resolved right after it was delivered.
+RESOLVED_TEST_ALERT_CHANNELS = ("alertmanager",)
 # Where the OpenTelemetry exporters send when no endpoint is configured.
 OTLP_DEFAULT_ENDPOINTS = {"otlp": "http://localhost:4317", "otlp-http": "http://localhost:4318"}
 
@@ -63,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser(
         "export-assets",
-        help="write config/alert_rules.yml and config/grafana_dashboard.json into DIR",
+        help="write config/alert_rules.yml and config/grafana_dashboard.json into DIR "
+        "(--format kubernetes: Prometheus Operator resources in DIR/kubernetes/)",
     )
     export.add_argument("directory", metavar="DIR", type=Path)
     export.add_argument("--force", action="store_true", help="overwrite existing files")
@@ -79,6 +91,58 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="memory limit HighMemoryUsage compares resident memory to "
         f"(default {DEFAULT_MEMORY_LIMIT_BYTES} = 512 MiB)",
+    )
+    export.add_argument(
+        "--runbook-base-url",
+        metavar="URL",
+        help="where the runbooks live: every runbook_url becomes URL/<page>#<alert> "
+        f"(default {DOCS_RUNBOOKS_URL})",
+    )
+    export.add_argument(
+        "--format",
+        choices=("prometheus", "kubernetes"),
+        default="prometheus",
+        help="prometheus: rules file and dashboard JSON (default); kubernetes: a "
+        "PrometheusRule, a ServiceMonitor and a Grafana dashboard ConfigMap",
+    )
+    kubernetes = export.add_argument_group("kubernetes format")
+    kubernetes.add_argument("--namespace", metavar="NS", help="namespace of the resources")
+    kubernetes.add_argument(
+        "--selector-label",
+        metavar="KEY=VALUE",
+        type=_label,
+        action="append",
+        default=[],
+        help="label of the PrometheusRule and ServiceMonitor that your Prometheus selects "
+        "them by (e.g. release=prometheus); repeatable",
+    )
+    kubernetes.add_argument(
+        "--service-label",
+        metavar="KEY=VALUE",
+        type=_label,
+        action="append",
+        default=[],
+        help="label of the service's Kubernetes Service the ServiceMonitor selects "
+        "(default app.kubernetes.io/name=<job>); repeatable",
+    )
+    kubernetes.add_argument(
+        "--port", default="http", help="name of the Service port serving metrics (default http)"
+    )
+    kubernetes.add_argument(
+        "--metrics-path",
+        default=os.environ.get("METRICS_PATH", "/metrics"),
+        help="path scraped (default METRICS_PATH from the environment, else /metrics)",
+    )
+    scrape_auth = kubernetes.add_mutually_exclusive_group()
+    scrape_auth.add_argument(
+        "--basic-auth-secret",
+        metavar="SECRET",
+        help="Secret with keys username and password for METRICS_USERNAME/METRICS_PASSWORD",
+    )
+    scrape_auth.add_argument(
+        "--bearer-token-secret",
+        metavar="SECRET",
+        help="Secret with key token holding METRICS_BEARER_TOKEN",
     )
 
     check = commands.add_parser(
@@ -98,7 +162,8 @@ def _parser() -> argparse.ArgumentParser:
         metavar="CHANNEL",
         action="append",
         default=[],
-        help="send a real test alert through CHANNEL (slack, pagerduty, webhook); repeatable",
+        help="send a real test alert through CHANNEL (slack, pagerduty, webhook, "
+        "alertmanager, which then resolves it); repeatable",
     )
     check.add_argument(
         "--metrics-url",
@@ -119,6 +184,13 @@ def _parser() -> argparse.ArgumentParser:
         help="how long each connection or send may take (default 5)",
     )
     return parser
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, separator, value = text.partition("=")
+    if not separator or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return key, value
 
 
 def _positive_int(text: str) -> int:
@@ -145,6 +217,17 @@ def _export(args: argparse.Namespace) -> int:
             force=args.force,
             job=args.job,
             memory_limit_bytes=args.memory_limit_bytes,
+            runbook_base_url=args.runbook_base_url,
+            format=args.format,
+            kubernetes=KubernetesOptions(
+                namespace=args.namespace,
+                selector_labels=dict(args.selector_label),
+                service_labels=dict(args.service_label) or None,
+                port=args.port,
+                metrics_path=args.metrics_path,
+                basic_auth_secret=args.basic_auth_secret,
+                bearer_token_secret=args.bearer_token_secret,
+            ),
         )
     except (FileExistsError, ValueError, OSError) as exc:
         _write(f"amani-observability: {exc}", error=True)
@@ -170,7 +253,8 @@ def mask(value: Any) -> str:
             return url_origin(secret)
         return MASK
     if isinstance(value, (list, tuple)):
-        return ",".join(str(item) for item in value) or "(empty)"
+        # URLs in a list (ALERTMANAGER_URL) may carry user:password@: masked too.
+        return mask_userinfo(",".join(str(item) for item in value)) or "(empty)"
     return mask_userinfo(str(value))
 
 
@@ -331,35 +415,45 @@ class _Check:
     def send_test_alert(self, settings: ObservabilitySettings, channel: str) -> None:
         from .alerts import AlertDispatcher
 
-        async def send() -> AlertResult:
+        async def send() -> tuple[AlertResult, AlertResult | None]:
             dispatcher = AlertDispatcher(settings)
+            context = {"service": settings.service_name, "environment": settings.environment}
             try:
                 results = await dispatcher.send_alert(
-                    TEST_ALERT_MESSAGE,
-                    severity="info",
-                    context={
-                        "service": settings.service_name,
-                        "environment": settings.environment,
-                    },
-                    channels=(channel,),
+                    TEST_ALERT_MESSAGE, severity="info", context=context, channels=(channel,)
                 )
+                resolved = None
+                if channel in RESOLVED_TEST_ALERT_CHANNELS and results[channel].ok:
+                    # Alertmanager would keep a test alert firing until its TTL ran out.
+                    resolved = await dispatcher.send_alert(
+                        TEST_ALERT_MESSAGE,
+                        severity="info",
+                        context=context,
+                        channels=(channel,),
+                        action="resolve",
+                    )
             finally:
                 await dispatcher.aclose()
-            return results[channel]
+            return results[channel], resolved[channel] if resolved else None
 
         try:
-            result = asyncio.run(send())
+            result, resolved = asyncio.run(send())
         except ValueError as exc:  # an unknown channel: the message names the choices
             self.fail(f"alert {channel}: {exc}")
             return
+        self.report_alert(channel, "delivered", result)
+        if resolved is not None:
+            self.report_alert(channel, "resolved", resolved)
+
+    def report_alert(self, channel: str, done: str, result: AlertResult) -> None:
         detail = f"outcome {result.outcome}" + (
             f", HTTP {result.status}" if result.status is not None else ""
         )
         if result.ok:
-            self.ok(f"alert {channel}: test alert delivered ({detail})")
+            self.ok(f"alert {channel}: test alert {done} ({detail})")
         else:
             reason = f": {result.error}" if result.error else ""
-            self.fail(f"alert {channel}: test alert not delivered ({detail}){reason}")
+            self.fail(f"alert {channel}: test alert not {done} ({detail}){reason}")
 
     def check_prometheus(self, base_url: str) -> None:
         import httpx

@@ -38,6 +38,7 @@ SECRET_FIELDS = frozenset(
         "slack_webhook_url",
         "pagerduty_api_key",
         "alert_webhook_url",
+        "alertmanager_url",
         "metrics_password",
         "metrics_bearer_token",
     }
@@ -130,6 +131,10 @@ class ObservabilitySettings(BaseSettings):
     alert_shutdown_timeout_seconds: float = Field(default=20.0, ge=0.0, le=3600.0)
     # The longest Retry-After a receiver's 429 or 503 is obeyed for.
     alert_max_retry_after_seconds: float = Field(default=300.0, ge=0.0, le=86400.0)
+    # Base URLs of every instance of the Alertmanager cluster, comma-separated.
+    alertmanager_url: CommaList = Field(default_factory=list)
+    # A trigger not sent again within this many seconds resolves by itself.
+    alertmanager_alert_ttl_seconds: float = Field(default=300.0, gt=0.0, le=86_400.0)
 
     # --- event-loop health ---------------------------------------------------------------
     # How often the loop runs the lag-measuring callback; 0 turns the monitor (and the
@@ -300,6 +305,18 @@ class ObservabilitySettings(BaseSettings):
                 # The value is a credential: describe it, never echo it.
                 raise ValueError("must be an http:// or https:// URL")
             return raw.strip()
+        return value
+
+    @field_validator("alertmanager_url", mode="before")
+    @classmethod
+    def _alertmanager_urls(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [url.strip() for url in value.split(",") if url.strip()]
+        if isinstance(value, list):
+            for position, url in enumerate(value, start=1):
+                if not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url):
+                    # May carry user:password@: say which one, never echo it.
+                    raise ValueError(f"URL {position} is not an http:// or https:// URL")
         return value
 
     @field_validator("otlp_endpoint", "pagerduty_events_url")

@@ -13,7 +13,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,10 @@ import httpx
 import pytest
 import yaml
 
-from amani_observability.assets import alert_names, export_assets, grafana_dashboard
+from amani_observability.assets import alert_names, export_assets, grafana_dashboard, runbook_url
 from amani_observability.cli import main
 from tests.conftest import LIBRARY_PREFIXES, free_port, require_binary
-from tests.support import ServerProcess, UvicornProcess
+from tests.support import ServerProcess, UvicornProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -42,22 +42,6 @@ GUIDE_QUERIES = {
 }
 ROUNDS = 4
 FAILS_PER_ROUND = 2
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    """Poll `check` until it returns something truthy; fail naming `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except httpx.HTTPError as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.25)
-    pytest.fail(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
 def Server(argv: list[str], log_path: Path, ready_url: str) -> ServerProcess:
@@ -343,6 +327,6 @@ def test_application_down_fires_for_the_dead_target_and_reaches_alertmanager(
         "summary": f"{JOB} {stack['dead']} is down",
         "description": f"Prometheus has failed to scrape {stack['dead']} of {JOB} for 1 minute: "
         "the process is not running, not listening, or /metrics fails.",
-        "runbook_url": "docs/runbooks/monitoring_runbook.md#applicationdown",
+        "runbook_url": runbook_url("monitoring_runbook.md", "applicationdown"),
     }
     assert alert["status"]["state"] == "active"
