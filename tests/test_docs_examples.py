@@ -329,7 +329,7 @@ def test_the_kubernetes_page_keeps_probes_out_of_the_signals_and_lists_every_ale
         assert [compile_paths(excluded)(path) for path in probes] == [True, True], excluded
     assert env["PROMETHEUS_MULTIPROC_DIR"] == container["volumeMounts"][0]["mountPath"]
     assert pod["volumes"][0]["emptyDir"]["medium"] == "Memory"
-    assert pod["terminationGracePeriodSeconds"] == 40
+    assert pod["terminationGracePeriodSeconds"] == 45
     alertmanager = documents["Alertmanager"]
     assert settings.alertmanager_url == [
         f"http://alertmanager-{alertmanager['metadata']['name']}-{n}.alertmanager-operated."
