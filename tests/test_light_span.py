@@ -59,19 +59,27 @@ def make_app(seen: list[str]) -> FastAPI:
     return app
 
 
-async def export(monkeypatch: pytest.MonkeyPatch, processor_type: type[Any]) -> list[Any]:
+async def export(
+    monkeypatch: pytest.MonkeyPatch, processor_type: type[Any], policy: str = "continue"
+) -> list[Any]:
     """Run two requests through a provider with this processor; what was exported."""
     memory = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(processor_type(memory))
     monkeypatch.setattr(tracing, "_injected_provider", provider)
     seen: list[str] = []
-    app = instrument(make_app(seen), ObservabilitySettings(tracing_enabled=True, log_json=False))
+    settings = ObservabilitySettings(
+        tracing_enabled=True, log_json=False, trace_context_policy=policy
+    )
+    app = instrument(make_app(seen), settings)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
         await c.get(
             "/orders/o-1?x=1",
-            headers={"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+            headers={
+                "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                "tracestate": "vendor=x",
+            },
         )
         await c.get("/fail", headers={"X-Request-ID": "fail-1"})
     provider.force_flush()
@@ -94,6 +102,10 @@ def comparable(span: ReadableSpan) -> dict[str, Any]:
             for event in span.events
         ],
         "parent": None if span.parent is None else span.parent.span_id,
+        "links": [
+            (link.context.trace_id, link.context.span_id, link.context.trace_state.to_header())
+            for link in span.links
+        ],
         "trace_id": span.context.trace_id if span.name != "GET /fail" else None,  # type: ignore[union-attr]
         "resource": dict(span.resource.attributes),
         "scope": span.instrumentation_scope,
@@ -132,6 +144,24 @@ async def test_the_fast_span_exports_what_the_sdk_span_exports(
     # OK set by the handler is final, as in the SDK.
     assert failed["status"] == (StatusCode.OK, None)
     assert [name for name, _ in failed["events"]] == ["exception"]
+
+
+async def test_a_restarted_trace_exports_the_same_link_from_the_fast_and_the_sdk_span(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """TRACE_CONTEXT_POLICY=restart: a root span linked to the caller's, on both paths."""
+    fast_seen, fast = await export(monkeypatch, BatchSpanProcessor, "restart")
+    sdk_seen, sdk = await export(monkeypatch, SDKSpanProcessor, "restart")
+    assert (fast_seen, sdk_seen) == (["LightSpan"], ["_Span"])
+    # The new traces' ids are random: everything else must match.
+    for span in (*fast, *sdk):
+        span["trace_id"] = None
+    assert strip_ids(fast) == strip_ids(sdk)
+    server = next(span for span in fast if span["name"] == "GET /orders/{order_id}")
+    assert (server["parent"], server["links"]) == (
+        None,
+        [(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, "vendor=x")],
+    )
 
 
 def test_the_fast_path_steps_aside_for_set_ups_it_does_not_know() -> None:

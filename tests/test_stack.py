@@ -126,6 +126,7 @@ def comparable_span(span: Any) -> dict[str, Any]:
         "status": span.status.status_code,
         "events": [event.name for event in span.events],
         "parent": None if span.parent is None else span.parent.span_id,
+        "links": [(link.context.trace_id, link.context.span_id) for link in span.links],
     }
 
 
@@ -171,17 +172,24 @@ async def run(app: Any, memory: InMemorySpanExporter, sentry: SentryStandIn) -> 
             start = [m for m in messages if m["type"] == "http.response.start"]
             bodies = [m for m in messages if m["type"] == "http.response.body"]
             body = b"".join(m.get("body", b"") for m in bodies)
-            headers_sent = dict(start[0]["headers"]) if start else {}
-            request_id = headers_sent.get(b"x-request-id", b"").decode()
+            headers_sent = start[0]["headers"] if start else []
+            names = [name for name, _ in headers_sent]
+            request_id = dict(headers_sent).get(b"x-request-id", b"").decode()
             responses.append(
                 (start[0]["status"] if start else None, body,
-                 request_id if request_id.startswith("r-") else bool(request_id))
+                 request_id if request_id.startswith("r-") else bool(request_id),
+                 dict(headers_sent).get(b"traceresponse", b"").decode(),
+                 names[-2:])
             )  # fmt: skip
     finally:
         access_logger.removeHandler(access)
     sentry_sdk.flush(timeout=10)
     after = our_samples()
-    spans = [comparable_span(span) for span in memory.get_finished_spans()]
+    finished = memory.get_finished_spans()
+    # Each traceresponse as the position of the span it names: ids differ between runs.
+    named = {traceresponse_of(span): n for n, span in enumerate(finished)}
+    responses = [(*r[:3], named.get(r[3]) if r[3] else None, r[4]) for r in responses]
+    spans = [comparable_span(span) for span in finished]
     memory.clear()
     events = [comparable_event(event) for event in sentry.events()]
     sentry.envelopes.clear()
@@ -194,8 +202,14 @@ async def run(app: Any, memory: InMemorySpanExporter, sentry: SentryStandIn) -> 
     }
 
 
+def traceresponse_of(span: Any) -> str:
+    context = span.get_span_context()
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+
+
+@pytest.mark.parametrize("policy", ["continue", "restart", "ignore"])
 async def test_the_stack_layer_records_what_the_composed_middlewares_record(
-    sentry_server: SentryStandIn, monkeypatch: pytest.MonkeyPatch
+    sentry_server: SentryStandIn, monkeypatch: pytest.MonkeyPatch, policy: str
 ) -> None:
     memory = InMemorySpanExporter()
     provider = TracerProvider()
@@ -203,7 +217,11 @@ async def test_the_stack_layer_records_what_the_composed_middlewares_record(
     monkeypatch.setattr(tracing, "_injected_provider", provider)
     app = make_app()
     settings = ObservabilitySettings(
-        tracing_enabled=True, sentry_dsn=sentry_server.dsn, log_json=False
+        tracing_enabled=True,
+        sentry_dsn=sentry_server.dsn,
+        log_json=False,
+        trace_context_policy=policy,
+        trace_response_header=True,
     )
     instrument(app, settings)
     async with lifespan(app):
@@ -214,9 +232,13 @@ async def test_the_stack_layer_records_what_the_composed_middlewares_record(
 
     assert through_stack == through_layers
     # ...and what they record is what it should be, not merely the same twice.
-    assert [status for status, _, _ in through_stack["responses"]] == [
+    assert [status for status, _, _, _, _ in through_stack["responses"]] == [
         200, 200, 500, 404, 404, 200, 200, 200, 200
     ]  # fmt: skip
+    # Each traced response names its own server span (the excluded /health has none),
+    # next to the request ID.
+    assert [r[3] for r in through_stack["responses"]] == [0, 1, 2, 3, 4, 5, 6, None, 7]
+    assert through_stack["responses"][0][4] == [b"traceresponse", b"x-request-id"]
     assert through_stack["responses"][5][1] == b"one,two"
     assert through_stack["responses"][8][2] is True  # the bad ID was replaced
     ok_label_set = (("endpoint", "/items/{item_id}"), ("method", "GET"), ("status", "200"))
@@ -228,7 +250,12 @@ async def test_the_stack_layer_records_what_the_composed_middlewares_record(
         "GET /items/{item_id}", "GET /items/{item_id}", "GET /items/{item_id}",
         "GET /items/{item_id}", "GET", "GET /stream", "GET /later", "GET /items/{item_id}",
     ]  # fmt: skip
-    assert through_stack["spans"][1]["parent"] == 0x00F067AA0BA902B7
+    caller = (0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7)
+    assert (through_stack["spans"][1]["parent"], through_stack["spans"][1]["links"]) == {
+        "continue": (caller[1], []),
+        "restart": (None, [caller]),
+        "ignore": (None, []),
+    }[policy]
     assert [(e["tags"]["request_id"], e["exception"]) for e in through_stack["events"]] == [
         ("r-fail", [("RuntimeError", "kaboom")])
     ]

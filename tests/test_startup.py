@@ -62,11 +62,15 @@ def nothing_warned_yet(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def test_summary_names_every_destination_by_host_and_masks_secrets() -> None:
-    line = summary(configured(tracing_exporter="otlp"), ["light server span"], "/run/prom")
+    settings = configured(
+        tracing_exporter="otlp", trace_context_policy="restart", trace_response_header=True
+    )
+    line = summary(settings, ["light server span"], "/run/prom")
     assert line == (
         f"{SUMMARY_PREFIX} request IDs in header X-Request-ID; "
         "metrics at /metrics (auth basic, multiprocess dir /run/prom); "
-        "tracing to collector.internal:4317 (exporter otlp, sample rate 0.25); "
+        "tracing to collector.internal:4317 (exporter otlp, sample rate 0.25, "
+        "incoming trace context: restart, traceresponse header); "
         "Sentry to 127.0.0.1:9 (environment production); "
         "alert channels: slack, pagerduty; loop monitor every 0.25 s, stalls from 0.5 s; "
         "fast paths: light server span"
@@ -95,7 +99,8 @@ def test_summary_names_the_default_collector_and_the_bearer_token() -> None:
     assert summary(settings, []) == (
         f"{SUMMARY_PREFIX} request IDs in header X-Request-ID; metrics at /metrics "
         "(auth bearer token, no PROMETHEUS_MULTIPROC_DIR: this process only); "
-        "tracing to localhost:4318 (exporter otlp-http, sample rate 1); Sentry off; "
+        "tracing to localhost:4318 (exporter otlp-http, sample rate 1, incoming trace "
+        "context: continue); Sentry off; "
         "alert channels: none; loop monitor every 0.25 s (no stall watchdog); fast paths: none"
     )
 
@@ -115,7 +120,8 @@ async def test_each_worker_logs_one_summary_line_at_start_up(
             "INFO",
             f"{SUMMARY_PREFIX} request IDs in header X-Request-ID; "
             "metrics at /metrics (auth basic, no PROMETHEUS_MULTIPROC_DIR: this process only); "
-            "tracing not exported (exporter none, sample rate 0.25); "
+            "tracing not exported (exporter none, sample rate 0.25, incoming trace context: "
+            "continue); "
             "Sentry to 127.0.0.1:9 (environment production); "
             "alert channels: slack, pagerduty; loop monitor every 0.25 s, stalls from 0.5 s; "
             "fast paths: Sentry scopes forked field by field, light server span, "

@@ -79,6 +79,7 @@ class StackMiddleware:
         # Whether the final body is sent outside the request's context: only Sentry's
         # scopes and the span are worth keeping out of the keep-alive timer (_keepalive.py).
         self.sends_outside = sentry is not None or tracing is not None
+        self.traceresponse = tracing is not None and tracing.tracing.response_header
         if sentry is not None:
             from . import sentry as sentry_module
 
@@ -160,6 +161,8 @@ class StackMiddleware:
             send, scope, entry_root_path, id_header, id_value, access_log, outside,
             metrics, method, gauge, clock, span_ids,
         )  # fmt: skip
+        if span is not None and self.traceresponse:
+            response.trace_header = self._tracing.traceresponse(span)
 
         error: Exception | None = None
         error_type: str | None = None
@@ -251,6 +254,7 @@ class _Response:
         "span_ids",
         "started",
         "status",
+        "trace_header",
         "trace_ids",
     )  # fmt: skip
 
@@ -293,6 +297,8 @@ class _Response:
         self.client_gone = False
         self.end_time: int | None = None
         self.trace_ids: TraceIds | None = None  # the span, for the access line
+        # The server span's `traceresponse` header, when TRACE_RESPONSE_HEADER asks for it.
+        self.trace_header: tuple[bytes, bytes] | None = None
 
     async def __call__(self, message: Message) -> None:
         message_type = message["type"]
@@ -300,6 +306,10 @@ class _Response:
             if not self.started:  # the server refuses a second start: the first counts
                 self.status = message["status"]
                 self.started = True
+            if self.trace_header is not None:
+                # Before the request ID: where the stacked tracing layer, inside the request
+                # ID's, would put it.
+                message["headers"] = [*message.get("headers", ()), self.trace_header]
             if self.id_header is not None:
                 header = (self.id_header, self.id_value)
                 message["headers"] = [*message.get("headers", ()), header]

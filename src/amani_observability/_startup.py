@@ -151,7 +151,14 @@ def _tracing(settings: ObservabilitySettings) -> str:
         from .tracing import DEFAULT_ENDPOINTS
 
         target = f"to {_host(settings.otlp_endpoint or DEFAULT_ENDPOINTS[exporter])}"
-    return f"tracing {target} (exporter {exporter}, sample rate {settings.tracing_sample_rate:g})"
+    extras = [
+        f"exporter {exporter}",
+        f"sample rate {settings.tracing_sample_rate:g}",
+        f"incoming trace context: {settings.trace_context_policy}",
+    ]
+    if settings.trace_response_header:
+        extras.append("traceresponse header")
+    return f"tracing {target} ({', '.join(extras)})"
 
 
 def _host(url: str) -> str:

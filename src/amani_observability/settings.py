@@ -101,6 +101,11 @@ class ObservabilitySettings(BaseSettings):
     otlp_headers: SecretStr | None = None
     tracing_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
     tracing_excluded_paths: CommaList = Field(default_factory=lambda: ["/metrics", "/health"])
+    # An incoming traceparent: continue the caller's trace, restart (a new trace linked to
+    # the caller's span, baggage dropped) or ignore it (a new trace, no link).
+    trace_context_policy: Literal["continue", "restart", "ignore"] = "continue"
+    # Answer each traced request with its server span in a W3C `traceresponse` header.
+    trace_response_header: bool = False
 
     # --- Sentry --------------------------------------------------------------------------
     sentry_dsn: SecretStr | None = None

@@ -32,7 +32,14 @@ from urllib.parse import urlsplit
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace.export import SpanExporter
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, TracerProvider
+from opentelemetry.trace import (
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    Tracer,
+    TracerProvider,
+)
 
 from . import _correlation
 from ._asgi import (
@@ -209,6 +216,8 @@ class _Tracing:
         self.owned = False
         self.guard: ExportGuard | None = None
         self.instrumentors: list[Any] = []
+        self.policy = settings.trace_context_policy
+        self.response_header = settings.trace_response_header
         self.redactor = redactor_for(tuple(settings.redact_keys))
 
     def start(self) -> None:
@@ -218,8 +227,11 @@ class _Tracing:
             quiet_exporter_logs(True)
         self.instrumentors = _instrument_libraries(provider)
         # The header names the configured propagators read (W3C traceparent, tracestate
-        # and baggage by default), so requests without them skip extraction.
+        # and baggage by default), so requests without them skip extraction; with the
+        # "ignore" policy, none are read.
         fields = propagate.get_global_textmap().fields
+        if self.policy == "ignore":
+            fields = set()
         self.fields = frozenset(name.lower().encode("latin-1") for name in fields)
         self.early_attributes = not _ignores_attributes(getattr(provider, "sampler", None))
         self.tracer = provider.get_tracer(TRACER_NAME, __version__)
@@ -303,12 +315,19 @@ class TracingMiddleware:
         end_time: int | None = None
         if outside is not None:
             send = sending_outside(send, outside)
+        response_header = (
+            traceresponse(started[0])
+            if self.tracing.response_header and scope_type == "http"
+            else None
+        )
 
         async def send_traced(message: Message) -> None:
             nonlocal status_code, end_time
             message_type = message["type"]
             if message_type == "http.response.start":
                 status_code = status_code or message["status"]  # a second start is refused
+                if response_header is not None:
+                    message["headers"] = [*message.get("headers", ()), response_header]
             elif message_type == "websocket.accept":
                 status_code = 101
             elif message_type == "websocket.close" and status_code == 0:
@@ -358,6 +377,11 @@ class TracingMiddleware:
             name, attributes, parent = _start_attributes(
                 scope, self.tracing, request_id or current_request_id()
             )
+            caller: SpanContext | None = None
+            if parent is not None and self.tracing.policy == "restart":
+                # A new trace that remembers the caller's span; its baggage stays outside.
+                caller = span_of(parent).get_span_context()
+                parent = None
             base = parent if parent is not None else current_context()
             light = self.tracing.light
             if light is not None:
@@ -370,6 +394,8 @@ class TracingMiddleware:
                 # the rest (the SDK validates start attributes twice, for the sampler
                 # and for the span, the largest part of a span's cost).
                 span = tracer.start_span(name, parent, _SERVER)
+            if caller is not None and caller.is_valid:
+                span.add_link(caller)
             token = attach_span(span, base)
         except Exception:  # observability must never break the request
             logger.exception("could not start the request's span")
@@ -379,6 +405,16 @@ class TracingMiddleware:
 
 # A started server span: (span, context token, initial name, attributes to set at the end).
 Started = tuple[trace.Span, object, str, dict[str, Any]]
+
+
+TRACERESPONSE = b"traceresponse"
+
+
+def traceresponse(span: trace.Span) -> tuple[bytes, bytes]:
+    """The W3C Trace Context Level 2 `traceresponse` header naming this server span."""
+    context = span.get_span_context()
+    value = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+    return TRACERESPONSE, value.encode("ascii")
 
 
 def sampled_ids(span: trace.Span) -> TraceIds | None:
