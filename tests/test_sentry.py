@@ -594,6 +594,34 @@ async def test_errors_of_one_request_share_a_trace_and_continue_an_incoming_one(
     assert len(third["contexts"]["trace"]["trace_id"]) == 32
 
 
+@pytest.mark.parametrize("policy", ["restart", "ignore"])
+async def test_a_callers_sentry_trace_is_not_continued_unless_the_policy_continues(
+    sentry_server: SentryStandIn, policy: str
+) -> None:
+    """TRACE_CONTEXT_POLICY covers Sentry's own headers: errors and transactions alike."""
+    incoming = "771a43a4192642f0b136d5159a501700-1234567890abcdef-1"
+    for transactions in (0.0, 1.0):
+        app = instrument(
+            make_app(),
+            settings_for(
+                sentry_server.dsn,
+                trace_context_policy=policy,
+                sentry_traces_sample_rate=transactions,
+            ),
+        )
+        async with lifespan(app):
+            headers = [("sentry-trace", incoming), ("baggage", "sentry-trace_id=771a43a4")]
+            await asgi_request(app, "/payments", method="POST", headers=headers)
+            flush()
+    envelopes = [*sentry_server.events(), *sentry_server.transactions()]
+    # Errors-only mode: two events; with transactions: two events and the transaction.
+    assert len(envelopes) == 5
+    for envelope in envelopes:
+        trace_context = envelope["contexts"]["trace"]
+        assert trace_context["trace_id"] != "771a43a4192642f0b136d5159a501700"
+        assert trace_context.get("parent_span_id") != "1234567890abcdef"
+
+
 async def test_requests_in_fresh_contexts_fork_prepared_scopes_and_keep_their_own_trace(
     sentry_server: SentryStandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -147,7 +147,7 @@ class StackMiddleware:
                 # A sampled span of ours gives events and outgoing requests their trace.
                 None
                 if span is not None and span_ids is not None
-                else sentry_module.trace_headers(scope),
+                else self.sentry.incoming_trace(scope),
             )
         # Metrics: in progress from here.
         if metrics is not None:

@@ -254,8 +254,15 @@ def sentry_layer(settings: ObservabilitySettings, lifecycle: Lifecycle) -> Layer
     transactions = settings.sentry_traces_sample_rate > 0
     excluded = _policy_from(settings).excluded_path
 
+    continue_traces = settings.trace_context_policy == "continue"
+
     def layer(app: ASGIApp) -> ASGIApp:
-        return SentryMiddleware(app, transactions=transactions, excluded_path=excluded)
+        return SentryMiddleware(
+            app,
+            transactions=transactions,
+            excluded_path=excluded,
+            continue_traces=continue_traces,
+        )
 
     return layer
 
@@ -279,10 +286,18 @@ class SentryMiddleware:
         *,
         transactions: bool = False,
         excluded_path: Callable[[str], bool] | None = None,
+        continue_traces: bool = True,
     ) -> None:
         self.app = app
         self.transactions = transactions
         self.excluded_path = excluded_path or compile_paths(())
+        # False under TRACE_CONTEXT_POLICY restart or ignore: a caller's sentry-trace and
+        # baggage are not trusted either.
+        self.continue_traces = continue_traces
+
+    def incoming_trace(self, scope: Scope) -> dict[str, str]:
+        """The caller's Sentry trace headers to continue (none: a trace of our own)."""
+        return trace_headers(scope) if self.continue_traces else {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope_type = scope["type"]
@@ -293,7 +308,7 @@ class SentryMiddleware:
         processor = RequestEventProcessor(scope, entry_root_path, current_request_id())
         # The context before the request's scopes, for the final send.
         outside = copy_context() if scope_type == "http" else None
-        isolation_token, current_token = enter_request_scopes(processor, trace_headers(scope))
+        isolation_token, current_token = enter_request_scopes(processor, self.incoming_trace(scope))
         try:
             if self.transactions and not self.excluded_path(scope["path"]):
                 await self._traced(scope, receive, send, entry_root_path)
@@ -313,7 +328,7 @@ class SentryMiddleware:
     ) -> None:
         """Run the request inside a performance transaction continuing the caller's trace."""
         transaction = sentry_sdk.continue_trace(
-            trace_headers(scope),
+            self.incoming_trace(scope),
             op=f"{scope['type']}.server",
             name=scope["path"],  # renamed to the route template once routing is done
             source=TransactionSource.URL,
