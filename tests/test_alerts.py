@@ -34,6 +34,7 @@ from amani_observability._alert_channels import (
     SlackChannel,
     default_dedup_key,
 )
+from amani_observability._losses import dropped_counter
 from amani_observability.alerts import (
     ALERTS_LOST,
     Alert,
@@ -56,6 +57,7 @@ FAST = Backoff(base_seconds=0.01, max_seconds=0.05)
 
 def _reset_alert_state() -> None:
     alerts._installed = None
+    dropped_counter().clear()
     collector = REGISTRY._names_to_collectors.get("alerts_sent_total")
     if collector is not None:
         REGISTRY.unregister(collector)
@@ -99,6 +101,12 @@ async def dispatcher(server: StandIn) -> AsyncIterator[AlertDispatcher]:
         settings_for(server), backoff=FAST, slack_pace_seconds=0.0
     ) as instance:
         yield instance
+
+
+def pipeline_dropped(pipeline: str, reason: str) -> float | None:
+    return REGISTRY.get_sample_value(
+        "amani_observability_dropped_total", {"pipeline": pipeline, "reason": reason}
+    )
 
 
 def sent(channel: str, outcome: str) -> float | None:
@@ -705,6 +713,7 @@ async def test_a_full_queue_drops_and_counts(server: StandIn) -> None:
         assert accepted == [True, True, False, False, False]
         assert dispatcher.dropped == 3
     assert sent("webhook", "dropped") == 3.0
+    assert pipeline_dropped("alerts", "dropped") == 3.0
     assert len(server.received("/hook")) == 2
 
 
@@ -855,6 +864,7 @@ async def test_a_burst_submitted_before_shutdown_reaches_both_channels(
     assert sent("slack", "delivered") == BURST
     if webhook_hangs:
         assert (dispatcher.lost, sent("webhook", "lost")) == (BURST, BURST)
+        assert pipeline_dropped("alerts", "lost") == BURST
         assert [r.getMessage() for r in caplog.records] == [
             ALERTS_LOST % (BURST, 3.0, f"webhook {BURST}")
         ]

@@ -47,7 +47,7 @@ GUIDE_ALERTS = [
     "SlowDatabaseQueries",
 ]
 # The guide's alerts, then the ones the library adds, in the order of the rules file.
-ALERTS = [*GUIDE_ALERTS, "EventLoopBlocked"]
+ALERTS = [*GUIDE_ALERTS, "EventLoopBlocked", "ObservabilityPipelineLosing"]
 GUIDE_PANELS = [
     "Request Rate",
     "Response Time (95th percentile)",
@@ -59,7 +59,11 @@ GUIDE_PANELS = [
     "Business Metrics",
     "Error Types",
 ]
-PANELS = [*GUIDE_PANELS, "Event Loop Lag (99th percentile) and Stalls"]
+PANELS = [
+    *GUIDE_PANELS,
+    "Event Loop Lag (99th percentile) and Stalls",
+    "Observability Losses",
+]
 # Everything the rules and panels may query: the library's catalogue, prometheus_client's
 # process collector, Prometheus' own `up`, and node_exporter's filesystem metrics.
 LIBRARY_METRICS = {
@@ -77,6 +81,7 @@ LIBRARY_METRICS = {
     "event_loop_stalls_total",
     "process_resident_memory_bytes",
     "process_cpu_seconds_total",
+    "amani_observability_dropped_total",
 }
 NODE_EXPORTER_METRICS = {
     "node_filesystem_avail_bytes",

@@ -207,7 +207,10 @@ def _build_layers(
 
     # metrics (innermost): see metrics.py
     if settings.metrics_enabled:
+        from ._losses import declare_known_losses
         from .metrics import metrics_layer
+
+        declare_known_losses()
 
         layers.append(("metrics", metrics_layer(settings, lifecycle)))
 

@@ -56,12 +56,14 @@ from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util.types import Attributes, AttributeValue
 
+from ._tracing_export import CountingBatchSpanProcessor
+
 _SERVER = SpanKind.SERVER
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _UNSET = Status(StatusCode.UNSET)
 # The processors whose on_start() does nothing, so skipping it changes nothing.
-_PASSIVE_PROCESSORS = (BatchSpanProcessor, SimpleSpanProcessor)
+_PASSIVE_PROCESSORS = (BatchSpanProcessor, CountingBatchSpanProcessor, SimpleSpanProcessor)
 
 
 # --- the current context, without the API's four calls per look -----------------------------
@@ -287,10 +289,23 @@ def _batch_emit(processors: tuple[Any, ...]) -> Callable[[ReadableSpan], None] |
     Its on_end() only checks that the span is sampled (the caller does) before handing it
     to its batcher; calling the batcher directly skips two Python calls per span.
     """
-    if len(processors) != 1 or type(processors[0]) is not BatchSpanProcessor:
+    if len(processors) != 1 or type(processors[0]) not in (
+        BatchSpanProcessor,
+        CountingBatchSpanProcessor,
+    ):
         return None
     emit = getattr(getattr(processors[0], "_batch_processor", None), "emit", None)
-    return emit if callable(emit) else None
+    if not callable(emit):
+        return None
+    if type(processors[0]) is BatchSpanProcessor:
+        return emit  # type: ignore[no-any-return]
+    entering = processors[0].watch.entering
+
+    def counted_emit(span: ReadableSpan) -> None:
+        entering()  # the fast path skips on_end(): count the queue here instead
+        emit(span)
+
+    return counted_emit
 
 
 class LightSpan(trace.Span, ReadableSpan):

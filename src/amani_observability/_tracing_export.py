@@ -11,14 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import TracerProvider
 
+from ._losses import count_dropped
 from ._redaction import mask_userinfo
 
 # The tracing logger: users configure one logger for everything tracing reports.
@@ -135,6 +137,58 @@ def quiet_exporter_logs(on: bool) -> None:
             exporter_logger.removeFilter(_exporter_log_filter)
 
 
+# The batch processor's queue size when OTEL_BSP_MAX_QUEUE_SIZE does not say (the SDK's).
+DEFAULT_MAX_QUEUE_SIZE = 2048
+
+
+def max_queue_size() -> int:
+    """OTEL_BSP_MAX_QUEUE_SIZE as the SDK reads it (a bad value means the default)."""
+    try:
+        size = int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE", DEFAULT_MAX_QUEUE_SIZE))
+    except ValueError:
+        return DEFAULT_MAX_QUEUE_SIZE
+    return size if size > 0 else DEFAULT_MAX_QUEUE_SIZE
+
+
+class QueueWatch:
+    """Counts spans into the batch processor's queue and out of it (to the exporter).
+
+    The SDK's queue is a bounded deque: a span entering a full queue pushes the oldest one
+    out, unexported, and the SDK only logs it. Spans in minus spans out is the queue's
+    length, so a span arriving when that reaches the queue's size is one span lost.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.entered = 0  # written by the threads that end spans
+        self.left = 0  # written by the export thread
+        self.dropped = 0
+
+    def entering(self) -> None:
+        if self.entered - self.left - self.dropped >= self.size:
+            self.dropped += 1
+            count_dropped("spans", "queue_full")
+        self.entered += 1
+
+    def leaving(self, count: int) -> None:
+        self.left += count
+
+
+class CountingBatchSpanProcessor(BatchSpanProcessor):
+    """The SDK's BatchSpanProcessor, counting the spans its full queue drops
+    (`amani_observability_dropped_total{pipeline="spans", reason="queue_full"}`)."""
+
+    def __init__(self, guard: ExportGuard, size: int) -> None:
+        super().__init__(guard, max_queue_size=size)
+        self.watch = QueueWatch(size)
+        guard.watch = self.watch
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.context is not None and span.context.trace_flags.sampled:
+            self.watch.entering()
+        super().on_end(span)
+
+
 class ExportGuard(SpanExporter):
     """Wraps the real exporter: nothing it raises escapes, and failures are logged at most
     once per interval however many spans or batches fail."""
@@ -158,8 +212,11 @@ class ExportGuard(SpanExporter):
         self.abandoned = False
         self.closed = False
         self._lock = threading.Lock()
+        self.watch: QueueWatch | None = None  # set by the processor that exports through us
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self.watch is not None:
+            self.watch.leaving(len(spans))
         if self.abandoned:
             self._failed(len(spans), "tracing shut down before the collector answered")
             return SpanExportResult.FAILURE
@@ -182,6 +239,7 @@ class ExportGuard(SpanExporter):
         return result
 
     def _failed(self, count: int, reason: str) -> None:
+        count_dropped("spans", "export_failed", count)
         with self._lock:
             self.failing = True
             self.dropped += count

@@ -55,6 +55,7 @@ from ._alert_delivery import (
     new_client,
 )
 from ._alert_queue import Backlog
+from ._losses import count_dropped
 from ._redaction import redactor_for
 from .assets import runbook_url
 from .settings import ObservabilitySettings
@@ -313,6 +314,7 @@ class AlertDispatcher:
             for name, count in lost.items():
                 self._counter.labels(name, "lost").inc(count)
             self.lost += sum(lost.values())
+            count_dropped("alerts", "lost", sum(lost.values()))
             by_channel = ", ".join(f"{name} {count}" for name, count in lost.items())
             logger.error(ALERTS_LOST, sum(lost.values()), wait, by_channel)
         if self._warm_up is not None:
@@ -525,6 +527,7 @@ class AlertDispatcher:
         self.dropped += 1
         for name in names:
             self._counter.labels(name, "dropped").inc()
+        count_dropped("alerts", "dropped", len(names))
         self._log_rate_limited(("*", "dropped"), "alert dropped: %s", reason)
         return False
 

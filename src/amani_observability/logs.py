@@ -17,6 +17,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from ._asgi import Scope, compile_paths
 from ._correlation import TraceIds, current_trace_ids
+from ._losses import count_dropped
 from ._redaction import Redactor, redactor_for
 from .request_id import current_request_id
 
@@ -110,6 +111,11 @@ class PlainFormatter(logging.Formatter):
 
 class _OurHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Marks the handler configure_logging() installed, so a second call replaces it."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        # The stream refused the line (closed pipe, full disk): it is lost, so count it.
+        count_dropped("log_lines", "write_error")
+        super().handleError(record)
 
 
 def configure_logging(

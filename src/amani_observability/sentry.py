@@ -50,6 +50,8 @@ from ._keepalive import sending_outside
 from ._own_traffic import is_own_traffic
 from ._redaction import REDACTED, Redactor, redactor_for
 from ._sentry_fork import ScopeCopier, scope_copier
+from ._sentry_losses import LossCountingTransport
+from ._sentry_losses import wants_ours as wants_our_transport
 from ._sentry_queries import (
     listed,
     record_queries,
@@ -188,6 +190,9 @@ def init_sentry(settings: ObservabilitySettings | None = None, **sdk_options: An
     ):
         if hook in sdk_options:
             options[hook] = wrap(sdk_options[hook])
+    if wants_our_transport(options):
+        # The SDK's own transport, counting the events it loses (_sentry_losses.py).
+        options["transport"] = LossCountingTransport
     if wants_our_threading(options):
         # The SDK's, minus scope forks that asyncio.to_thread() makes moot (_sentry_threads).
         options["integrations"] = [*(options.get("integrations") or ()), ThreadingIntegration()]

@@ -65,7 +65,13 @@ from ._light_span import (
     span_of,
 )
 from ._redaction import mask_userinfo, redactor_for
-from ._tracing_export import ExportGuard, quiet_exporter_logs, shut_down
+from ._tracing_export import (
+    CountingBatchSpanProcessor,
+    ExportGuard,
+    max_queue_size,
+    quiet_exporter_logs,
+    shut_down,
+)
 from ._version import __version__
 from .request_id import current_request_id
 from .settings import parse_otlp_headers
@@ -669,7 +675,6 @@ def build_provider(settings: ObservabilitySettings) -> tuple[TracerProvider, Exp
     """An SDK TracerProvider from settings: resource, parent-based ratio sampler, batching."""
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
     resource = Resource.create(
@@ -692,7 +697,7 @@ def build_provider(settings: ObservabilitySettings) -> tuple[TracerProvider, Exp
     if exporter is None:
         return provider, None
     guard = ExportGuard(exporter, target)
-    provider.add_span_processor(BatchSpanProcessor(guard))
+    provider.add_span_processor(CountingBatchSpanProcessor(guard, max_queue_size()))
     return provider, guard
 
 

@@ -235,8 +235,8 @@ def test_every_dashboard_panel_query_parses_and_returns_data(
 ) -> None:
     results = {name: query(stack["url"], expr) for name, expr in panel_queries().items()}
     # The guide's nine panels, the business panel with three queries; the event-loop
-    # panel with two.
-    assert len(results) == 13
+    # panel with two; the losses panel.
+    assert len(results) == 14
     # Every panel has data: the demo counts its business events and times its SQL.
     assert [name for name, result in results.items() if not result] == []
 
