@@ -149,6 +149,16 @@ def instrument(app: AppT, settings: ObservabilitySettings | None = None) -> AppT
 _warned: set[str] = set()
 
 
+def _report_stale_multiprocess_files() -> None:
+    """Once per worker: files of a previous run in PROMETHEUS_MULTIPROC_DIR (_multiproc.py)."""
+    from ._multiproc import STALE_FILES, server_start_time, stale_files
+
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    files, processes = stale_files(directory, server_start_time())
+    if files:
+        logger.warning(STALE_FILES, directory, files, processes)
+
+
 def _warn_about_the_start(settings: ObservabilitySettings) -> None:
     """Warn, once per process, about env-name typos and servers started in a way that
     breaks per-process observability."""
@@ -211,6 +221,8 @@ def _build_layers(
         from .metrics import metrics_layer
 
         declare_known_losses()
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            lifecycle.on_startup(_report_stale_multiprocess_files)
 
         layers.append(("metrics", metrics_layer(settings, lifecycle)))
 

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from amani_observability._multiproc import STALE_FILES
 from tests.conftest import free_port
 from tests.support import UvicornProcess
 
@@ -59,3 +60,32 @@ def test_every_workers_requests_are_in_the_scraped_total(tmp_path: Path) -> None
     assert sorted(f for f in files if f.startswith("counter_")) == sorted(
         f"counter_{pid}.db" for pid in served_by
     )
+
+
+def scrape_total(base_url: str, requests: int) -> float:
+    """Serve `requests` requests to /pid, then scrape: the total /metrics reports."""
+    limits = httpx.Limits(max_keepalive_connections=0)
+    with httpx.Client(base_url=base_url, limits=limits, timeout=10) as http:
+        for _ in range(requests):
+            assert http.get("/pid").status_code == 200
+        return sample_sum(http.get("/metrics").text, "http_requests_total", endpoint="/pid")
+
+
+def test_files_of_a_previous_run_are_reported_at_start_up(tmp_path: Path) -> None:
+    """A second run on the same directory adds the first run's counts (the issue saw 105
+    for 5 requests): each worker says so once, naming the count and the fix."""
+    multiproc_dir = tmp_path / "prometheus"
+    multiproc_dir.mkdir()
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)}
+    with UvicornProcess(
+        "tests.integration.metrics_app:app", free_port(), env=env, log_path=tmp_path / "1.log"
+    ) as first:
+        assert scrape_total(first.base_url, 5) == 5
+    left = sorted(p.name for p in multiproc_dir.iterdir())
+    with UvicornProcess(
+        "tests.integration.metrics_app:app", free_port(), env=env, log_path=tmp_path / "2.log"
+    ) as second:
+        assert scrape_total(second.base_url, 5) == 10
+    warning = STALE_FILES % (multiproc_dir, len(left), 1)
+    assert second.output().count(warning) == 1
+    assert "no longer exist" not in first.output()
