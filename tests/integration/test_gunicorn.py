@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from amani_observability._startup import GUNICORN_PRELOAD, WORKERS_WITHOUT_MULTIPROC
 from tests.conftest import free_port
 from tests.integration.test_metrics_multiprocess import sample_sum
 from tests.support import ROOT, ServerProcess, wait_for
@@ -87,3 +88,29 @@ def test_the_documented_gunicorn_setup_counts_every_worker_and_forgets_a_killed_
     assert sample_sum(scrape, "http_requests_total", endpoint="/pid") == sent
     assert sample_sum(scrape, "http_requests_in_progress") == 0.0
     assert not (multiproc_dir / "counter_4242.db").exists()
+
+
+def test_a_preloading_gunicorn_master_warns_once_about_preload_and_the_missing_directory(
+    tmp_path: Path,
+) -> None:
+    """instrument() runs once, in the master, before the workers fork: one warning each."""
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "gunicorn", "tests.integration.metrics_app:app",
+        "--worker-class", "uvicorn_worker.UvicornWorker", "--preload",
+        "--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS),
+    ]  # fmt: skip
+    environment = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    server = ServerProcess(
+        argv,
+        log_path=tmp_path / "gunicorn.log",
+        ready_url=f"http://127.0.0.1:{port}/health",
+        ready_status=200,
+        env={**environment, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+    )
+    with server:
+        pass
+    output = server.output()
+    assert output.count(GUNICORN_PRELOAD) == 1, output
+    assert output.count(WORKERS_WITHOUT_MULTIPROC % WORKERS) == 1, output
