@@ -257,9 +257,9 @@ def test_dashboard_has_the_guides_nine_panels_and_ours_on_a_datasource_variable(
     ]
 
 
-def test_dashboard_panels_do_not_overlap() -> None:
+def assert_panels_do_not_overlap(panels: list[dict[str, Any]]) -> None:
     cells: set[tuple[int, int]] = set()
-    for panel in dashboard()["panels"]:
+    for panel in panels:
         grid = panel["gridPos"]
         assert grid["x"] + grid["w"] <= 24, panel["title"]
         area = {
@@ -269,6 +269,10 @@ def test_dashboard_panels_do_not_overlap() -> None:
         }
         assert not cells & area, panel["title"]
         cells |= area
+
+
+def test_dashboard_panels_do_not_overlap() -> None:
+    assert_panels_do_not_overlap(dashboard()["panels"])
 
 
 def test_export_assets_writes_both_files_into_config(tmp_path: Path) -> None:

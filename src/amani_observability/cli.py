@@ -3,12 +3,18 @@
     amani-observability export-assets DIR [--force] [--job NAME] [--memory-limit-bytes N]
                               [--runbook-base-url URL] [--format prometheus|kubernetes]
                               [--namespace NS] [--selector-label KEY=VALUE] ...
+                              [--slos FILE] [--metrics-buckets LIST]
+    amani-observability slo-report --prometheus-url URL --slos FILE [--job NAME]
     amani-observability check [--env-file PATH] [--send-test-error] [--test-alert CHANNEL]
                               [--metrics-url URL] [--prometheus-url URL]
 
 `check` walks the troubleshooting list of the monitoring guide for one service's
 settings, printing one line per finding: `ok`, `--` (not configured, nothing to test) or
 `FAIL`. It exits 1 when anything failed, 2 when the settings themselves are invalid.
+
+`slo-report` prints each SLO's SLI and error budget over its window and its burn rates
+from a live Prometheus; it exits 1 while a page-level burn is active, 2 when the SLO file
+is invalid or Prometheus cannot answer.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from .assets import (
     export_assets,
 )
 from .exceptions import ConfigurationError
-from .settings import ObservabilitySettings
+from .settings import DEFAULT_BUCKETS, ObservabilitySettings, parse_buckets
 
 if TYPE_CHECKING:
     from .alerts import AlertResult
@@ -61,6 +67,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "export-assets":
         return _export(args)
+    if args.command == "slo-report":
+        from ._slo_report import slo_report
+
+        try:
+            buckets = _metrics_buckets(args)
+        except ValueError as exc:
+            _write(f"amani-observability: {exc}", error=True)
+            return 2
+        return slo_report(
+            args.prometheus_url, args.slos, job=args.job, timeout=args.timeout, buckets=buckets
+        )
     return _Check(args).run()
 
 
@@ -81,8 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--force", action="store_true", help="overwrite existing files")
     export.add_argument(
         "--job",
-        default=DEFAULT_JOB,
-        help=f"Prometheus job name of the service, for ApplicationDown (default {DEFAULT_JOB})",
+        default=None,
+        help="Prometheus job name of the service, for ApplicationDown and the SLO rules "
+        f"(default: the SLO file's service, else {DEFAULT_JOB})",
     )
     export.add_argument(
         "--memory-limit-bytes",
@@ -144,6 +162,32 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECRET",
         help="Secret with key token holding METRICS_BEARER_TOKEN",
     )
+    export.add_argument(
+        "--slos",
+        type=Path,
+        metavar="FILE",
+        help="an SLO file (docs/slo.md): also write config/slo_rules.yml (kubernetes: SLO "
+        "groups in the PrometheusRule) and add SLO rows to the dashboard",
+    )
+    _add_buckets_option(export)
+
+    report = commands.add_parser(
+        "slo-report",
+        help="print each SLO's SLI, error budget and burn rates from a live Prometheus",
+    )
+    report.add_argument("--prometheus-url", metavar="URL", required=True)
+    report.add_argument("--slos", type=Path, metavar="FILE", required=True)
+    report.add_argument(
+        "--job", default=None, help="Prometheus job of the service (default: the file's service)"
+    )
+    report.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long each query may take (default 10)",
+    )
+    _add_buckets_option(report)
 
     check = commands.add_parser(
         "check", help="run the troubleshooting checks for the service's settings"
@@ -193,6 +237,27 @@ def _label(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _add_buckets_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-buckets",
+        metavar="LIST",
+        default=None,
+        help="the service's METRICS_BUCKETS, which latency thresholds must be one of "
+        "(default: METRICS_BUCKETS from the environment, else the library's buckets)",
+    )
+
+
+def _metrics_buckets(args: argparse.Namespace) -> tuple[float, ...]:
+    """The duration histogram's buckets: --metrics-buckets, METRICS_BUCKETS or the default."""
+    text = args.metrics_buckets or os.environ.get("METRICS_BUCKETS")
+    if not text:
+        return DEFAULT_BUCKETS
+    try:
+        return parse_buckets(text)
+    except ValueError as exc:
+        raise ValueError(f"METRICS_BUCKETS={text}: {exc}") from None
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -212,6 +277,11 @@ def _write(line: str, *, error: bool = False) -> None:
 
 def _export(args: argparse.Namespace) -> int:
     try:
+        slos = None
+        if args.slos is not None:
+            from .slo import load_slos
+
+            slos = load_slos(args.slos, buckets=_metrics_buckets(args))
         paths = export_assets(
             args.directory,
             force=args.force,
@@ -228,6 +298,7 @@ def _export(args: argparse.Namespace) -> int:
                 basic_auth_secret=args.basic_auth_secret,
                 bearer_token_secret=args.bearer_token_secret,
             ),
+            slos=slos,
         )
     except (FileExistsError, ValueError, OSError) as exc:
         _write(f"amani-observability: {exc}", error=True)

@@ -57,6 +57,22 @@ PAGERDUTY_REGIONS = {
 }
 
 
+def parse_buckets(value: str | list[float] | tuple[float, ...]) -> tuple[float, ...]:
+    """Histogram bucket bounds as METRICS_BUCKETS takes them: "0.1,0.5,1,2" or a sequence.
+
+    Raises ValueError unless they are positive numbers in increasing order.
+    """
+    if isinstance(value, str):
+        try:
+            value = tuple(float(part) for part in value.split(",") if part.strip())
+        except ValueError:
+            raise ValueError("must be comma-separated numbers, e.g. 0.1,0.5,1,2") from None
+    buckets = tuple(float(v) for v in value)
+    if not buckets or any(b <= a for a, b in itertools.pairwise(buckets)) or buckets[0] <= 0:
+        raise ValueError("must be positive numbers in increasing order")
+    return buckets
+
+
 class ObservabilitySettings(BaseSettings):
     """Configuration for `instrument()`; see docs/configuration.md for every variable."""
 
@@ -194,15 +210,8 @@ class ObservabilitySettings(BaseSettings):
     @field_validator("metrics_buckets", mode="before")
     @classmethod
     def _split_buckets(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                value = tuple(float(part) for part in value.split(",") if part.strip())
-            except ValueError:
-                raise ValueError("must be comma-separated numbers, e.g. 0.1,0.5,1,2") from None
-        if isinstance(value, (list, tuple)):
-            value = tuple(float(v) for v in value)
-            if not value or any(b <= a for a, b in itertools.pairwise(value)) or value[0] <= 0:
-                raise ValueError("must be positive numbers in increasing order")
+        if isinstance(value, (str, list, tuple)):
+            return parse_buckets(value)
         return value
 
     @field_validator("metrics_password")

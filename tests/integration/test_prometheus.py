@@ -23,6 +23,7 @@ import yaml
 
 from amani_observability.assets import alert_names, export_assets, grafana_dashboard, runbook_url
 from amani_observability.cli import main
+from amani_observability.slo import RATE_WINDOWS, load_slos
 from tests.conftest import LIBRARY_PREFIXES, free_port, require_binary
 from tests.support import ServerProcess, UvicornProcess, wait_for
 
@@ -42,6 +43,21 @@ GUIDE_QUERIES = {
 }
 ROUNDS = 4
 FAILS_PER_ROUND = 2
+# The demo fails 2 of its 9 requests per round: far beyond 0.1%, so the availability SLO
+# pages. Every request answers within 1 s (`le="1.0"`, as prometheus_client writes it).
+SLO_FILE = {
+    "service": JOB,
+    "slos": [
+        {"name": "availability", "objective": 99.9, "window": "30d", "sli": "availability"},
+        {
+            "name": "latency",
+            "objective": 99,
+            "window": "7d",
+            "sli": "latency",
+            "threshold_seconds": 1,
+        },
+    ],
+}
 
 
 def Server(argv: list[str], log_path: Path, ready_url: str) -> ServerProcess:
@@ -68,7 +84,9 @@ def stack(
     prometheus = require_binary("prometheus")
     alertmanager = require_binary("prometheus-alertmanager")
     tmp = tmp_path_factory.mktemp("prometheus")
-    [rules_path, _] = export_assets(tmp, job=JOB)
+    slos_path = tmp / "slos.yml"
+    slos_path.write_text(yaml.safe_dump(SLO_FILE))
+    [rules_path, _, slo_rules_path] = export_assets(tmp, job=JOB, slos=load_slos(slos_path))
     # A second target of the job where nothing listens: ApplicationDown must fire for it
     # and reach Alertmanager. Its `for: 1m` becomes 0s here, so the test need not wait a
     # minute; the expression, labels and annotations stay the packaged ones.
@@ -82,7 +100,7 @@ def stack(
     )
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(tmp / "config" / "alert_rules.yml")],
+        "rule_files": [str(rules_path), str(slo_rules_path)],
         "alerting": {
             "alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]
         },
@@ -157,6 +175,7 @@ def stack(
             "failed": failed,
             "am_port": am_port,
             "dead": f"127.0.0.1:{dead_port}",
+            "slos": slos_path,
         }
 
 
@@ -192,16 +211,25 @@ def value(result: list[dict[str, Any]]) -> float | None:
     return float(result[0]["value"][1]) if len(result) == 1 else None
 
 
-def alerting_rules(prom_url: str) -> list[dict[str, Any]]:
+def loaded_rules(prom_url: str, file_name: str) -> list[dict[str, Any]]:
+    """The rules Prometheus loaded from the rules file called `file_name`."""
     groups = httpx.get(f"{prom_url}/api/v1/rules", timeout=10).json()["data"]["groups"]
-    return [rule for group in groups for rule in group["rules"] if rule["type"] == "alerting"]
+    return [
+        rule for group in groups if Path(group["file"]).name == file_name for rule in group["rules"]
+    ]
 
 
-def panel_queries() -> dict[str, str]:
+def alerting_rules(prom_url: str) -> list[dict[str, Any]]:
+    return [
+        rule for rule in loaded_rules(prom_url, "alert_rules.yml") if rule["type"] == "alerting"
+    ]
+
+
+def panel_queries(dashboard: str | None = None) -> dict[str, str]:
     """Every target expression of the dashboard, with Grafana's variables filled in."""
     queries = {}
-    for panel in json.loads(grafana_dashboard())["panels"]:
-        for target in panel["targets"]:
+    for panel in json.loads(dashboard or grafana_dashboard())["panels"]:
+        for target in panel.get("targets", []):  # rows have none
             expr = target["expr"]
             for variable in sorted(GRAFANA_VARIABLES, key=len, reverse=True):
                 expr = expr.replace(variable, GRAFANA_VARIABLES[variable])
@@ -330,3 +358,81 @@ def test_application_down_fires_for_the_dead_target_and_reaches_alertmanager(
         "runbook_url": runbook_url("monitoring_runbook.md", "applicationdown"),
     }
     assert alert["status"]["state"] == "active"
+
+
+def test_prometheus_loads_the_slo_rules_beside_the_alert_rules_and_the_page_fires(
+    stack: dict[str, Any],
+) -> None:
+    url = stack["url"]
+    rules = loaded_rules(url, "slo_rules.yml")
+    assert [(rule["type"], rule["name"]) for rule in rules] == 2 * [
+        *(("recording", f"slo:sli_error:ratio_rate{window}") for window in RATE_WINDOWS),
+        ("recording", "slo:sli_errors:rate5m"),
+        ("recording", "slo:sli_requests:rate5m"),
+        ("alerting", "ErrorBudgetBurnPage"),
+        ("alerting", "ErrorBudgetBurnTicket"),
+    ]
+    wait_for(
+        "the availability SLO to page",
+        lambda: query(url, 'ALERTS{alertname="ErrorBudgetBurnPage", alertstate="firing"}'),
+        30,
+    )
+    assert [(r["health"], r.get("lastError", "")) for r in loaded_rules(url, "slo_rules.yml")] == [
+        ("ok", "")
+    ] * len(rules)
+    firing = query(url, 'ALERTS{alertstate="firing", slo!=""}')
+    assert sorted((r["metric"]["alertname"], r["metric"]["slo"]) for r in firing) == [
+        ("ErrorBudgetBurnPage", "availability"),
+        ("ErrorBudgetBurnTicket", "availability"),
+    ]
+    # Every request of the demo answered within 1 s: the bucket le="1.0" holds them all.
+    assert value(query(url, f'slo:sli_error:ratio_rate5m{{job="{JOB}", slo="latency"}}')) == 0.0
+    slo_panels = {
+        name: expr
+        for name, expr in panel_queries(
+            grafana_dashboard(load_slos(stack["slos"]), job=JOB)
+        ).items()
+        if name.startswith(("availability:", "latency:"))
+    }
+    assert len(slo_panels) == 2 * (2 + len(RATE_WINDOWS))
+    assert [name for name, expr in slo_panels.items() if not query(url, expr)] == []
+    assert value(query(url, slo_panels["latency: SLI over 7d A"])) == 100.0
+    assert value(query(url, slo_panels["latency: error budget remaining A"])) == 100.0
+
+
+def test_slo_report_prints_sli_budget_and_burn_rates_and_exits_1_while_paging(
+    stack: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    wait_for(
+        "the availability SLO to page",
+        lambda: query(stack["url"], 'ALERTS{alertname="ErrorBudgetBurnPage", alertstate="firing"}'),
+        30,
+    )
+    code = main(["slo-report", "--prometheus-url", stack["url"], "--slos", str(stack["slos"])])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 1, lines
+    availability, latency = "\n".join(lines).split("\n\n")
+    assert latency.splitlines() == [
+        f"SLO latency (job {JOB}): 99% of requests faster than 1 s over 7d",
+        "  SLI over 7d: 100.000%",
+        "  error budget remaining: 100.0%",
+        "  burn rate: 5m 0.00  30m 0.00  1h 0.00  2h 0.00  6h 0.00  1d 0.00  3d 0.00",
+    ]
+    first, sli, budget, burns, *alerts = availability.splitlines()
+    assert first == f"SLO availability (job {JOB}): 99.9% of requests without a 5xx status over 30d"
+    # About 2 of 9 requests fail (the exact share depends on rate()'s extrapolation at the
+    # edges of real scrapes): far more than the 0.1% budget on every window.
+    sli_percent = float(re.fullmatch(r"  SLI over 30d: (\d+\.\d{3})%", sli)[1])  # type: ignore[index]
+    assert 60 < sli_percent < 90, sli
+    spent = float(re.fullmatch(r"  error budget remaining: (-\d+\.\d)%", budget)[1])  # type: ignore[index]
+    # The budget is the same ratio seen against 0.1% (the SLI is rounded to 3 decimals).
+    assert abs(spent - 100 * (1 - (100 - sli_percent) / 100 / 0.001)) < 1, (sli, budget)
+    windows = re.findall(r" (\w+) (\d+\.\d\d)", burns.removeprefix("  burn rate:"))
+    assert [window for window, _ in windows] == list(RATE_WINDOWS), burns
+    assert all(14.4 < float(rate) < 1000 for _, rate in windows), burns
+    assert [alert.split(":")[0] for alert in alerts] == [
+        "  PAGE ErrorBudgetBurnPage",
+        "  PAGE ErrorBudgetBurnPage",
+        "  TICKET ErrorBudgetBurnTicket",
+        "  TICKET ErrorBudgetBurnTicket",
+    ]

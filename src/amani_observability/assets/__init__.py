@@ -24,9 +24,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .._version import __version__
+
+if TYPE_CHECKING:
+    from ..slo import SLOFile
 
 __all__ = [
     "ALERT_RULES_FILE",
@@ -38,6 +41,7 @@ __all__ = [
     "KubernetesOptions",
     "alert_names",
     "alert_rules",
+    "check_job",
     "export_assets",
     "grafana_dashboard",
     "kubernetes_manifests",
@@ -97,6 +101,13 @@ def runbook_url(page: str, anchor: str = "", *, base_url: str | None = None) -> 
     return f"{base.rstrip('/')}/{page}" + (f"#{anchor}" if anchor else "")
 
 
+def check_job(job: str) -> str:
+    """Return `job` if it is a Prometheus job name the rules can quote; else ValueError."""
+    if not _JOB_NAME.fullmatch(job):
+        raise ValueError(f"job {job!r} must be 1-128 characters of letters, digits and _ . : / -")
+    return job
+
+
 def alert_rules(
     *,
     job: str = DEFAULT_JOB,
@@ -105,8 +116,7 @@ def alert_rules(
 ) -> str:
     """The alert rules file, for the service's Prometheus `job`, memory limit in bytes and
     runbook location (`runbook_url()`'s `base_url`)."""
-    if not _JOB_NAME.fullmatch(job):
-        raise ValueError(f"job {job!r} must be 1-128 characters of letters, digits and _ . : / -")
+    check_job(job)
     if isinstance(memory_limit_bytes, bool) or not isinstance(memory_limit_bytes, int):
         raise TypeError("memory_limit_bytes must be an int")
     if memory_limit_bytes <= 0:
@@ -129,9 +139,26 @@ def alert_names() -> list[str]:
     return re.findall(r"^\s*- alert: (\w+)$", _read(ALERT_RULES_FILE), flags=re.MULTILINE)
 
 
-def grafana_dashboard() -> str:
-    """The Grafana dashboard JSON (schemaVersion 39, Prometheus data source as a variable)."""
-    return _read(GRAFANA_DASHBOARD_FILE)
+def grafana_dashboard(slos: SLOFile | None = None, *, job: str | None = None) -> str:
+    """The Grafana dashboard JSON (schemaVersion 39, Prometheus data source as a variable).
+
+    With `slos`, a row per objective follows the packaged panels (see slo_dashboard_panels);
+    `job` is then the service's Prometheus job, by default the SLO file's `service`.
+    """
+    text = _read(GRAFANA_DASHBOARD_FILE)
+    if slos is None:
+        return text
+    from ..slo import slo_dashboard_panels
+
+    board = json.loads(text)
+    panels = board["panels"]
+    panels += slo_dashboard_panels(
+        slos,
+        job=job,
+        first_id=max(panel["id"] for panel in panels) + 1,
+        top=max(panel["gridPos"]["y"] + panel["gridPos"]["h"] for panel in panels),
+    )
+    return json.dumps(board, indent=2) + "\n"
 
 
 @dataclass(frozen=True)
@@ -160,6 +187,7 @@ def kubernetes_manifests(
     *,
     job: str = DEFAULT_JOB,
     options: KubernetesOptions | None = None,
+    dashboard: str | None = None,
 ) -> dict[str, str]:
     """Prometheus Operator and Grafana sidecar resources, as {file name: YAML text}.
 
@@ -168,8 +196,9 @@ def kubernetes_manifests(
       rules file with a top-level `groups:`), in order.
     - `servicemonitor.yaml`: a `ServiceMonitor` scraping the service's pods as `options`
       say, with the `job` label set to `job` so the rules' job selectors match.
-    - `grafana-dashboard-configmap.yaml`: a ConfigMap holding the dashboard JSON, labelled
-      `grafana_dashboard: "1"` for Grafana's dashboard sidecar.
+    - `grafana-dashboard-configmap.yaml`: a ConfigMap holding the dashboard JSON
+      (`dashboard`, by default `grafana_dashboard()`), labelled `grafana_dashboard: "1"` for
+      Grafana's dashboard sidecar.
     """
     options = options or KubernetesOptions()
     namespace, port, metrics_path = options.namespace, options.port, options.metrics_path
@@ -229,13 +258,13 @@ def kubernetes_manifests(
         + "  endpoints:\n"
         + "".join(endpoint)
     )
-    dashboard = (
+    config_map = (
         "apiVersion: v1\nkind: ConfigMap\n"
         + metadata({"grafana_dashboard": "1"})
         + "data:\n  amani-observability.json: |\n"
-        + textwrap.indent(grafana_dashboard(), "    ")
+        + textwrap.indent(dashboard or grafana_dashboard(), "    ")
     )
-    return dict(zip(KUBERNETES_FILES, (rule, monitor, dashboard), strict=True))
+    return dict(zip(KUBERNETES_FILES, (rule, monitor, config_map), strict=True))
 
 
 def _kubernetes_name(job: str) -> str:
@@ -273,28 +302,42 @@ def export_assets(
     directory: str | Path,
     *,
     force: bool = False,
-    job: str = DEFAULT_JOB,
+    job: str | None = None,
     memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES,
     runbook_base_url: str | None = None,
     format: Literal["prometheus", "kubernetes"] = "prometheus",
     kubernetes: KubernetesOptions | None = None,
+    slos: SLOFile | None = None,
 ) -> list[Path]:
     """Write the assets into `directory` and return the paths written.
 
-    `format="prometheus"`: alert_rules.yml and grafana_dashboard.json in `directory`/config/.
-    `format="kubernetes"`: the three files of `kubernetes_manifests()` in
-    `directory`/kubernetes/, made with the `kubernetes` options.
-    Refuses (FileExistsError, nothing written) when any file exists, unless `force`.
+    `format="prometheus"`: alert_rules.yml and grafana_dashboard.json in `directory`/config/,
+    with `slos` slo_rules.yml too. `format="kubernetes"`: the three files of
+    `kubernetes_manifests()` in `directory`/kubernetes/, made with the `kubernetes` options,
+    the SLO groups in the PrometheusRule. With `slos`, the dashboard gains the SLO rows.
+    `job` is the service's Prometheus job: by default the SLO file's `service`, else
+    DEFAULT_JOB. Refuses (FileExistsError, nothing written) when any file exists, unless
+    `force`.
     """
+    if job is None:
+        job = slos.service if slos is not None else DEFAULT_JOB
     rules = alert_rules(
         job=job, memory_limit_bytes=memory_limit_bytes, runbook_base_url=runbook_base_url
     )
+    rule_files = {ALERT_RULES_FILE: rules}
+    if slos is not None:
+        from ..slo import SLO_RULES_FILE, slo_rules
+
+        rule_files[SLO_RULES_FILE] = slo_rules(slos, job=job, runbook_base_url=runbook_base_url)
+    dashboard = grafana_dashboard(slos, job=job)
     if format == "prometheus":
         subdirectory = EXPORT_SUBDIRECTORY
-        contents = {ALERT_RULES_FILE: rules, GRAFANA_DASHBOARD_FILE: grafana_dashboard()}
+        contents = {ALERT_RULES_FILE: rules, GRAFANA_DASHBOARD_FILE: dashboard, **rule_files}
     elif format == "kubernetes":
         subdirectory = KUBERNETES_SUBDIRECTORY
-        contents = kubernetes_manifests([rules], job=job, options=kubernetes)
+        contents = kubernetes_manifests(
+            list(rule_files.values()), job=job, options=kubernetes, dashboard=dashboard
+        )
     else:
         raise ValueError(f"unknown asset format {format!r}; choose prometheus or kubernetes")
     target = Path(directory) / subdirectory
