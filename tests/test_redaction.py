@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,6 +160,22 @@ async def test_access_log_redacts_the_query_and_honours_redact_keys() -> None:
         if json.loads(line)["logger"] == ACCESS_LOGGER
     ]
     assert urls == ["/items?token=[redacted]&acct_no=[redacted]&page=2", "/items"]
+
+
+def test_json_log_lines_redact_secret_extras() -> None:
+    stream = io.StringIO()
+    configure_logging(ObservabilitySettings(redact_keys=["acct_no"]), stream=stream)
+    logging.getLogger("app").info(
+        "login", extra={"api_key": "k1", "acct_no": "9", "user": "ann", "attempt": 2}
+    )
+    [entry] = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert {k: entry[k] for k in ("message", "api_key", "acct_no", "user", "attempt")} == {
+        "message": "login",
+        "api_key": REDACTED,
+        "acct_no": REDACTED,
+        "user": "ann",
+        "attempt": 2,
+    }
 
 
 def test_settings_repr_and_errors_never_show_url_userinfo() -> None:

@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING, Any
 from ._asgi import Scope, compile_paths
 from ._correlation import TraceIds, current_trace_ids
 from ._losses import count_dropped
-from ._redaction import Redactor, redactor_for
+from ._redaction import REDACTED, Redactor, redactor_for
 from .request_id import current_request_id
 
 if TYPE_CHECKING:
@@ -65,7 +65,15 @@ def _escape_unsafe(match: re.Match[str]) -> str:
 
 
 class JSONFormatter(logging.Formatter):
-    """Format a record as one JSON object on one line."""
+    """Format a record as one JSON object on one line.
+
+    Values of `extra=` keys the redaction policy names (`password`, `api_key`, ...) are
+    written as `[redacted]`.
+    """
+
+    def __init__(self, *, redactor: Redactor | None = None) -> None:
+        super().__init__()
+        self._secret_key = (redactor or redactor_for(())).secret_key
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -82,7 +90,7 @@ class JSONFormatter(logging.Formatter):
                 entry[key] = value
         for key, value in record.__dict__.items():
             if key not in _SKIPPED_ATTRS and not key.startswith("_"):
-                entry[key] = value
+                entry[key] = REDACTED if self._secret_key(key) else value
         if record.exc_info:
             entry["exc_info"] = self.formatException(record.exc_info)
         elif record.exc_text:
@@ -134,7 +142,11 @@ def configure_logging(
 
         settings = ObservabilitySettings()
     handler = _OurHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(JSONFormatter() if settings.log_json else PlainFormatter())
+    handler.setFormatter(
+        JSONFormatter(redactor=redactor_for(tuple(settings.redact_keys)))
+        if settings.log_json
+        else PlainFormatter()
+    )
     handler.addFilter(RequestContextFilter())
 
     root = logging.getLogger()
