@@ -139,6 +139,13 @@ def test_serialised_and_cut_short_text_is_still_redacted() -> None:
     )
 
 
+def test_text_beyond_256_kib_is_cut_there_and_still_redacted() -> None:
+    head = '{"password": "p", "pad": "'
+    text = json.dumps({"password": "p", "pad": "x" * 300_000, "token": "t"})
+    pad = "x" * (256 * 1024 - len(head))
+    assert policy.text(text) == '{"password": "[redacted]", "pad": "' + pad + "…[truncated]"
+
+
 async def test_access_log_redacts_the_query_and_honours_redact_keys() -> None:
     stream = io.StringIO()
 

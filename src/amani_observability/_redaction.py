@@ -31,8 +31,9 @@ DEFAULT_REDACT_KEYS = frozenset(
     }
 )  # fmt: skip
 
-# Strings longer than this are not parsed as JSON or Python literals (cost bound).
-_PARSE_LIMIT = 256 * 1024
+# Text longer than this is cut there before it is read (a bound on the cost).
+_TEXT_LIMIT = 256 * 1024
+_CUT_MARKER = "…[truncated]"
 _MAX_DEPTH = 32
 _CACHE_SIZE = 1024
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
@@ -123,6 +124,8 @@ class Redactor:
 
     def text(self, text: str) -> str:
         """A string that may hold a secret: JSON, a Python literal, a query string or URL."""
+        if len(text) > _TEXT_LIMIT:
+            text = text[:_TEXT_LIMIT] + _CUT_MARKER
         first = text.lstrip()[:1]
         if first and (first in "{['\"" or text.startswith(("b'", 'b"'))):
             parsed, as_json = _parse(text)
@@ -212,8 +215,6 @@ _UNPARSED = object()
 
 def _parse(text: str) -> tuple[Any, bool]:
     """The value `text` spells as JSON (True) or as a Python literal (False)."""
-    if len(text) > _PARSE_LIMIT:
-        return _UNPARSED, False
     try:
         return json.loads(text), True
     except ValueError:
