@@ -564,10 +564,11 @@ def _is_model(value: Any) -> bool:
 def redact_event(event: Any, hint: Any) -> Any:
     """Global event processor: the event with every secret redacted (docs/security.md).
 
-    Runs on the event as captured, before the SDK serialises it: framework body buffers
-    are dropped, then every value under a secret key, inside nested data, JSON text,
-    bytes, query strings and URLs, becomes `[redacted]`. An event that cannot be
-    redacted is dropped rather than sent.
+    Runs before the SDK's EventScrubber and serialiser (frame variables, serialised when
+    the exception was captured, went through `redacted_repr`): framework body buffers are
+    dropped, then every value under a secret key, inside nested data, JSON text, bytes,
+    query strings and URLs, becomes `[redacted]`. An event that cannot be redacted is
+    dropped rather than sent.
     """
     try:
         for frame in iter_event_frames(event):
