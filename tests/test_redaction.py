@@ -169,6 +169,28 @@ async def test_access_log_redacts_the_query_and_honours_redact_keys() -> None:
     assert urls == ["/items?token=[redacted]&acct_no=[redacted]&page=2", "/items"]
 
 
+def test_uvicorns_own_access_lines_get_the_same_query_rule() -> None:
+    """With ACCESS_LOG_ENABLED=false a server may keep uvicorn's access log on."""
+    stream = io.StringIO()
+    configure_logging(ObservabilitySettings(access_log_enabled=False), stream=stream)
+    access = logging.getLogger("uvicorn.access")
+    uvicorns = io.StringIO()
+    handler = logging.StreamHandler(uvicorns)  # as uvicorn's own handler would
+    access.addHandler(handler)
+    level = access.level
+    access.setLevel(logging.INFO)  # as uvicorn sets it (an earlier test may have raised it)
+    try:
+        access.info(
+            '%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", "/items?token=t1&page=2", "1.1", 200
+        )
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(level)
+    assert uvicorns.getvalue() == (
+        '127.0.0.1:5000 - "GET /items?token=[redacted]&page=2 HTTP/1.1" 200\n'
+    )
+
+
 def test_json_log_lines_redact_secret_extras() -> None:
     stream = io.StringIO()
     configure_logging(ObservabilitySettings(redact_keys=["acct_no"]), stream=stream)

@@ -117,6 +117,29 @@ class PlainFormatter(logging.Formatter):
         return super().format(record)
 
 
+class _RedactQueries(logging.Filter):
+    """On `uvicorn.access`: the request target's query redacted, as in our access log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.redactor = redactor_for(())
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(isinstance(a, str) and "?" in a for a in args):
+            record.args = tuple(
+                self._target(a) if isinstance(a, str) and "?" in a else a for a in args
+            )
+        return True
+
+    def _target(self, target: str) -> str:
+        path, _, query = target.partition("?")
+        return path + "?" + self.redactor.query(query)
+
+
+_uvicorn_queries = _RedactQueries()
+
+
 class _OurHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Marks the handler configure_logging() installed, so a second call replaces it."""
 
@@ -155,6 +178,12 @@ def configure_logging(
             root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(settings.log_level)
+
+    # uvicorn's own access lines, where a server keeps them, follow the same query rule.
+    _uvicorn_queries.redactor = redactor_for(tuple(settings.redact_keys))
+    uvicorn_access = logging.getLogger("uvicorn.access")
+    if _uvicorn_queries not in uvicorn_access.filters:
+        uvicorn_access.addFilter(_uvicorn_queries)
 
     names: tuple[str, ...] = ("uvicorn", "uvicorn.error")
     if settings.access_log_enabled:
