@@ -23,7 +23,9 @@ from amani_observability._startup import (
 from tests.conftest import lifespan
 
 DSN_KEY = "dsnkey0123456789"
-SECRETS = (DSN_KEY, "otlppw", "otlpsecret", "slacksecret", "pd0123456789", "metricspass")
+SECRETS = (
+    DSN_KEY, "otlppw", "otlpsecret", "slacksecret", "pd0123456789", "metricspass", "ampass",
+)  # fmt: skip
 
 
 def configured(**values: object) -> ObservabilitySettings:
@@ -63,7 +65,10 @@ def nothing_warned_yet(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def test_summary_names_every_destination_by_host_and_masks_secrets() -> None:
     settings = configured(
-        tracing_exporter="otlp", trace_context_policy="restart", trace_response_header=True
+        tracing_exporter="otlp",
+        trace_context_policy="restart",
+        trace_response_header=True,
+        alertmanager_url="https://am:ampass@am-0.example:9093,https://am-1.example:9093",
     )
     line = summary(settings, ["light server span"], "/run/prom")
     assert line == (
@@ -72,8 +77,8 @@ def test_summary_names_every_destination_by_host_and_masks_secrets() -> None:
         "tracing to collector.internal:4317 (exporter otlp, sample rate 0.25, "
         "incoming trace context: restart, traceresponse header); "
         "Sentry to 127.0.0.1:9 (environment production); "
-        "alert channels: slack, pagerduty; loop monitor every 0.25 s, stalls from 0.5 s; "
-        "fast paths: light server span"
+        "alert channels: slack, pagerduty, alertmanager (2 instances); "
+        "loop monitor every 0.25 s, stalls from 0.5 s; fast paths: light server span"
     )
     for secret in SECRETS:
         assert secret not in line
