@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -249,3 +254,81 @@ def test_mark_process_dead_without_multiprocess_mode_does_nothing(tmp_path: Path
     mark_process_dead(101)
 
     assert [p.name for p in tmp_path.iterdir()] == ["gauge_livesum_101.db"]
+
+
+# A fresh process: instrument an app, scrape, import one business counter, scrape again.
+BUSINESS_SCRAPE = """
+import asyncio, json, httpx
+from fastapi import FastAPI
+from amani_observability import ObservabilitySettings, instrument
+from tests.support import LifespanDriver
+
+BUSINESS = ("escrow_transactions_total", "user_registrations_total", "kyc_submissions_total")
+app = FastAPI()
+instrument(app, ObservabilitySettings(log_json=False, access_log_enabled=False))
+
+async def scrape():
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        text = (await client.get("/metrics")).text
+    stems = [name.removesuffix("_total") for name in BUSINESS]
+    return [line for line in text.splitlines() if any(stem in line for stem in stems)]
+
+async def main():
+    driver = LifespanDriver(app)
+    await driver.startup()
+    before = await scrape()
+    from amani_observability.metrics import escrow_transactions_total
+    escrow_transactions_total.labels(type="hold", status="success").inc()
+    after = await scrape()
+    await driver.shutdown()
+    print(json.dumps([before, after]))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("multiprocess", [False, True], ids=["in-memory", "multiprocess"])
+def test_business_counters_are_exposed_only_once_a_service_imports_them(
+    multiprocess: bool, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    if multiprocess:
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", BUSINESS_SCRAPE],
+        capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+    before, after = json.loads(result.stdout.strip().splitlines()[-1])
+
+    assert before == []
+    created = [
+        "# HELP escrow_transactions_created Escrow transactions, by type and outcome.",
+        "# TYPE escrow_transactions_created gauge",
+        'escrow_transactions_created{status="success",type="hold"} <time>',
+    ]
+    assert [re.sub(r"} \d\.\d+e\+09$", "} <time>", line) for line in after] == [
+        "# HELP escrow_transactions_total Escrow transactions, by type and outcome.",
+        "# TYPE escrow_transactions_total counter",
+        'escrow_transactions_total{status="success",type="hold"} 1.0',
+        # prometheus_client's _created series exists only in single-process mode.
+        *([] if multiprocess else created),
+    ]
+
+
+def test_star_import_leaves_the_business_counters_unregistered() -> None:
+    code = (
+        "import prometheus_client\n"
+        "from amani_observability.metrics import *\n"
+        "names = set(prometheus_client.REGISTRY._names_to_collectors)\n"
+        "print(sorted(n for n in names if n.startswith(('escrow', 'user_reg', 'kyc'))))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+
+    assert (result.returncode, result.stdout.strip()) == (0, "[]"), result.stderr
+    assert "escrow_transactions_total" in dir(metrics)

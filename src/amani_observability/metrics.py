@@ -9,7 +9,10 @@ Business code imports the metrics by name, exactly as the monitoring guide shows
 The metrics live in prometheus_client's default registry, so a service's own
 metrics appear on the same /metrics. Creation is get-or-create: importing this
 module again, building several apps or calling instrument() on new apps in one
-process never raises "Duplicated timeseries".
+process never raises "Duplicated timeseries". The guide's business counters
+(escrow_transactions_total, user_registrations_total, kyc_submissions_total) are
+registered on first import by name only, so a service that never imports them does
+not expose them; `from amani_observability.metrics import *` leaves them out.
 """
 
 from __future__ import annotations
@@ -46,18 +49,15 @@ __all__ = [
     "db_connections_active",
     "db_query_duration_seconds",
     "errors_total",
-    "escrow_transactions_total",
     "event_loop_lag_seconds",
     "event_loop_stalls_total",
     "http_request_duration_seconds",
     "http_requests_in_progress",
     "http_requests_total",
     "instrument_sqlalchemy",
-    "kyc_submissions_total",
     "mark_process_dead",
     "metrics_layer",
     "track_db_query",
-    "user_registrations_total",
 ]
 
 logger = logging.getLogger("amani_observability.metrics")
@@ -119,21 +119,28 @@ db_query_duration_seconds = _histogram(
     ("operation",),
     DEFAULT_BUCKETS,
 )
-escrow_transactions_total = _get_or_create(
-    Counter,
-    "escrow_transactions_total",
-    "Escrow transactions, by type and outcome.",
-    labelnames=("type", "status"),
-)
-user_registrations_total = _get_or_create(
-    Counter, "user_registrations_total", "User registrations."
-)
-kyc_submissions_total = _get_or_create(
-    Counter,
-    "kyc_submissions_total",
-    "KYC submissions, by status.",
-    labelnames=("status",),
-)
+# The guide's business counters: name -> (documentation, labels), made by __getattr__.
+_BUSINESS_COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "escrow_transactions_total": ("Escrow transactions, by type and outcome.", ("type", "status")),
+    "user_registrations_total": ("User registrations.", ()),
+    "kyc_submissions_total": ("KYC submissions, by status.", ("status",)),
+}
+
+
+def __getattr__(name: str) -> Counter:
+    # PEP 562: a business counter is registered when a service first imports it by name.
+    if name not in _BUSINESS_COUNTERS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    documentation, labelnames = _BUSINESS_COUNTERS[name]
+    counter = _get_or_create(Counter, name, documentation, labelnames=labelnames)
+    globals()[name] = counter
+    return counter
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_BUSINESS_COUNTERS})
+
+
 errors_total = _get_or_create(
     Counter,
     "errors_total",
