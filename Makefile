@@ -5,13 +5,26 @@ PY     := $(VENV)/bin/python
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: demo test lint typecheck unit bench load assets clean
+.PHONY: demo test test-floors lint typecheck unit bench load assets clean
 
-# Reinstall whenever pyproject.toml changes; the stamp records what was installed.
+# Reinstall whenever pyproject.toml changes; the stamp records what was installed. Eager
+# upgrades: `make test` is the newest-releases leg of the support matrix, so an old venv
+# must not keep old releases.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[demo,dev]'
+	$(PY) -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[demo,dev]'
+	touch $@
+
+# The oldest-releases leg of the support matrix: every pin of the floors file, exactly.
+FLOORS      := .venv-floors
+FLOORS_PY   := $(FLOORS)/bin/python
+CONSTRAINTS := .ci/constraints-floors.txt
+
+$(FLOORS)/.installed: pyproject.toml $(CONSTRAINTS)
+	test -x $(FLOORS_PY) || $(PYTHON) -m venv $(FLOORS)
+	$(FLOORS_PY) -m pip install --quiet --upgrade pip
+	$(FLOORS_PY) -m pip install --quiet -e '.[demo,dev]' -c $(CONSTRAINTS)
 	touch $@
 
 $(VENV)/.installed-bench: $(VENV)/.installed
@@ -40,6 +53,12 @@ unit: $(VENV)/.installed
 
 test: lint typecheck unit
 
+# The suite at the oldest supported releases (.ci/constraints-floors.txt); prints what it
+# runs against and stops if any pin is not what got installed.
+test-floors: $(FLOORS)/.installed
+	$(FLOORS_PY) .ci/check_floors.py $(CONSTRAINTS)
+	$(FLOORS_PY) -m pytest
+
 # Every step runs even when an earlier one misses its target; the exit status says
 # whether all of them met theirs. Results: benchmarks/results/*.json, docs/performance.png.
 bench: $(VENV)/.installed-bench
@@ -67,4 +86,4 @@ assets: $(VENV)/.installed
 	$(VENV)/bin/amani-observability export-assets examples --force
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(FLOORS) .pytest_cache .mypy_cache .ruff_cache

@@ -39,6 +39,13 @@ LIBRARY_PREFIXES = (
 )
 
 
+def pytest_report_header() -> list[str]:
+    """Which version-dependent fast paths this run takes: each matrix leg names its branch."""
+    from amani_observability._fast_paths import described
+
+    return ["amani-observability fast paths:", *(f"  {line}" for line in described())]
+
+
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[None]:
     """Every test starts with none of our variables set and no .env file in reach."""
@@ -73,6 +80,9 @@ def _reset_metrics() -> None:
 
     _correlation.set_trace_ids_getter(None)
     metrics.use_buckets(DEFAULT_BUCKETS)
+    metrics_middleware = sys.modules.get("amani_observability._metrics_middleware")
+    if metrics_middleware is not None:
+        metrics_middleware.endpoint_cap.reset()
     for labelled in (
         metrics.http_requests_total,
         metrics.http_request_duration_seconds,

@@ -24,10 +24,11 @@ from fastapi import BackgroundTasks, FastAPI
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
-from sentry_sdk.scope import remove_external_propagation_context
 
 from amani_observability import ObservabilitySettings, instrument, tracing
+from amani_observability._correlation import current_trace_ids
 from amani_observability._keepalive import awaited_in, is_final_body
+from amani_observability._sentry_seam import unbridge_traces
 from amani_observability._stack import StackMiddleware
 from amani_observability.sentry import SentryMiddleware
 from amani_observability.tracing import TracingMiddleware
@@ -40,7 +41,7 @@ def sentry_server() -> Iterator[SentryStandIn]:
     with SentryStandIn() as stand_in:
         yield stand_in
     sentry_sdk.get_global_scope().set_client(None)
-    remove_external_propagation_context()
+    unbridge_traces(current_trace_ids)
 
 
 def pinning_app(seen: dict[str, Any], *, sentry_on: bool, tracing_on: bool) -> FastAPI:

@@ -22,13 +22,15 @@ import sentry_sdk
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
-from sentry_sdk.scope import Scope, remove_external_propagation_context
+from sentry_sdk.scope import Scope
 
 from amani_observability import ConfigurationError, ObservabilitySettings, _correlation, instrument
 from amani_observability import sentry as sentry_module
+from amani_observability._correlation import current_trace_ids
 from amani_observability._own_traffic import own_traffic
 from amani_observability._redaction import redactor_for
-from amani_observability._sentry_fork import fork_scope
+from amani_observability._sentry_fork import SCOPE_FIELDS_KNOWN, fork_scope
+from amani_observability._sentry_seam import trace_bridge, unbridge_traces
 from amani_observability._startup import SUMMARY_PREFIX
 from amani_observability.sentry import (
     SENTRY_DISABLED,
@@ -61,7 +63,7 @@ def _reset_sentry() -> None:
         Scope.get_current_scope(),
     ):
         scope.clear()
-    remove_external_propagation_context()
+    unbridge_traces(current_trace_ids)
     sentry_module._policy = sentry_module.DEFAULT_POLICY
     sentry_module._redactor = redactor_for(())
 
@@ -344,9 +346,8 @@ async def test_secret_headers_and_query_values_are_removed(sentry_server: Sentry
         "x-auth-token": "[redacted]",
         "x-client-secret": "[redacted]",
         "x-access-key": "[redacted]",
-        # Added by sentry-sdk's httpx integration to the test client's own request.
-        "sentry-trace": headers["sentry-trace"],
-        "baggage": headers["baggage"],
+        # Added by sentry-sdk's httpx integration (>= 2.2x) to the test client's own request.
+        **{name: headers[name] for name in ("sentry-trace", "baggage") if name in headers},
     }
     assert event["request"]["query_string"] == "token=[redacted]&page=2"
     # Frame variables held the raw ASGI scope: its secret values are gone there too.
@@ -675,7 +676,8 @@ async def test_requests_get_the_global_scope_but_not_the_servers_breadcrumbs(
 
 def test_request_scopes_are_independent_copies_of_the_blank_scopes() -> None:
     blanks = sentry_module._blank()
-    assert sentry_module._copy_scope is fork_scope  # checked against Scope.__copy__ first
+    # Checked against Scope.__copy__ first; where Scope has other fields, it is that.
+    assert sentry_module._copy_scope is (fork_scope if SCOPE_FIELDS_KNOWN else Scope.__copy__)
     for blank in blanks:
         first, second = sentry_module._copy_scope(blank), sentry_module._copy_scope(blank)
         assert (type(first), first._type) == (Scope, blank._type)
@@ -819,12 +821,10 @@ def _paths(value: Any, prefix: str = "") -> list[str]:
 def test_the_opentelemetry_bridge_is_removed_when_tracing_is_turned_off(
     sentry_server: SentryStandIn,
 ) -> None:
-    from sentry_sdk.scope import has_external_propagation_context
-
     init_sentry(settings_for(sentry_server.dsn, tracing_enabled=True, tracing_exporter="none"))
-    assert has_external_propagation_context() is True
+    assert trace_bridge() is current_trace_ids
     init_sentry(settings_for(sentry_server.dsn))
-    assert has_external_propagation_context() is False
+    assert trace_bridge() is None
 
 
 async def test_access_log_lines_do_not_become_breadcrumbs(sentry_server: SentryStandIn) -> None:
@@ -1018,6 +1018,7 @@ async def main():
         "integration": type(sentry_sdk.get_client().get_integration("threading")).__module__,
         "to_thread": [*to_thread, to_thread_forks],
         "submit": list(submitted),
+        "sdk_forks_at_submit": hasattr(ThreadPoolExecutor.submit, "__wrapped__"),
     }
 
 print(json.dumps(asyncio.run(main())))
@@ -1048,15 +1049,22 @@ def test_to_thread_runs_with_the_request_scopes_and_submit_with_forks_of_them(
     )  # fmt: skip
 
     result = json.loads(completed.stdout)
+    if not result["sdk_forks_at_submit"]:
+        # sentry-sdk < 2.4x forks nothing at submit; its thread start shares the scopes.
+        to_thread_forks = 0
     assert result == {
         "integration": module,
         # The function sees the request's isolation scope itself, either way.
         "to_thread": [True, "r1", to_thread_forks],
         # A plain submit carries no context: the SDK's forks of the request's scopes.
-        "submit": [False, "r1"],
+        "submit": [not result["sdk_forks_at_submit"], "r1"],
+        "sdk_forks_at_submit": result["sdk_forks_at_submit"],
     }
     (event,) = sentry_server.events()
     crumbs = [crumb["message"] for crumb in event["breadcrumbs"]["values"]]
-    # The to_thread breadcrumb is in the request's scope; the submitted one in a fork.
-    assert crumbs == ["asyncio_0"]
+    # The to_thread breadcrumb is in the request's scope; the submitted one in a fork
+    # (or, where the SDK forks nothing, in the request's scope too).
+    assert crumbs == (
+        ["asyncio_0"] if result["sdk_forks_at_submit"] else ["asyncio_0", "ThreadPoolExecutor-0_0"]
+    )
     assert event["tags"]["request"] == "r1"

@@ -22,9 +22,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
-from sentry_sdk.scope import remove_external_propagation_context
 
 from amani_observability import ObservabilitySettings, instrument, tracing
+from amani_observability._correlation import current_trace_ids
+from amani_observability._sentry_seam import unbridge_traces
 from amani_observability._stack import StackMiddleware
 from tests.conftest import lifespan
 from tests.sentry_stand_in import SentryStandIn
@@ -101,7 +102,7 @@ def sentry_server() -> Iterator[SentryStandIn]:
         yield stand_in
     access_logger.setLevel(level)
     sentry_sdk.get_global_scope().set_client(None)
-    remove_external_propagation_context()
+    unbridge_traces(current_trace_ids)
 
 
 def our_samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

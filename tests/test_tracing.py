@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import json
 import logging
@@ -36,7 +37,11 @@ from amani_observability import (
     instrument,
     tracing,
 )
-from amani_observability._tracing_export import EXPORT_FAILED, SHUTDOWN_ABANDON_WAIT
+from amani_observability._tracing_export import (
+    EXPORT_FAILED,
+    SHUTDOWN_ABANDON_WAIT,
+    SHUTDOWN_GAVE_UP,
+)
 from amani_observability.logs import configure_logging
 from amani_observability.tracing import REQUEST_ID_ATTRIBUTE, add_span_attributes, get_tracer
 from tests.conftest import free_port, lifespan
@@ -560,6 +565,10 @@ async def test_fastapi_native_telemetry_adds_no_second_server_span() -> None:
     ]
 
 
+@pytest.mark.skipif(
+    "telemetry" not in inspect.signature(FastAPI.__init__).parameters,
+    reason="this FastAPI opens no server span of its own (native telemetry is newer)",
+)
 async def test_a_request_fastapi_already_traced_gets_no_second_server_span() -> None:
     """The lifespan driven directly: FastAPI traces the first request, ours the rest."""
     app = fastapi_app(tracing_exporter="none")
@@ -902,10 +911,28 @@ async def test_a_dead_collector_costs_the_requests_nothing(
     # The exporter spent the whole time retrying against the closed port: had a request
     # waited for it even once, it would have taken a second at least.
     assert max(durations) < 0.8, max(durations)
-    # The collector was known to be down: shutdown gave up on it at once.
-    assert shutdown_took < SHUTDOWN_ABANDON_WAIT, shutdown_took
-    failures = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert [(r.name, r.msg) for r in failures] == [("amani_observability.tracing", EXPORT_FAILED)]
+    failures = [(r.name, r.msg) for r in caplog.records if r.levelno >= logging.WARNING]
+    if _exporter_shutdown_interrupts_retries():
+        # The collector was known to be down: shutdown gave up on it at once.
+        assert shutdown_took < SHUTDOWN_ABANDON_WAIT, shutdown_took
+        assert failures == [("amani_observability.tracing", EXPORT_FAILED)]
+    else:
+        # An exporter that finishes its retries first: shutdown waits a bounded time.
+        assert shutdown_took < SHUTDOWN_ABANDON_WAIT + 0.5, shutdown_took
+        # Whether the first export's failure is reported before it depends on timing.
+        assert ("amani_observability.tracing", SHUTDOWN_GAVE_UP) in failures
+        assert {message for _, message in failures} <= {EXPORT_FAILED, SHUTDOWN_GAVE_UP}
+
+
+def _exporter_shutdown_interrupts_retries() -> bool:
+    """Whether this OTLP exporter's shutdown() cuts its retry back-off short (1.3x on)."""
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    exporter = OTLPSpanExporter(endpoint="http://127.0.0.1:9", insecure=True)
+    try:
+        return hasattr(exporter, "_shutdown_in_progress")
+    finally:
+        exporter.shutdown()
 
 
 async def test_a_configured_attribute_length_limit_still_applies(

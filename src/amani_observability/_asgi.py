@@ -1,12 +1,10 @@
-"""ASGI plumbing shared by the middlewares: types, header lookup, route templates."""
+"""ASGI plumbing shared by the middlewares: types, header lookup, path matchers."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
-
-from starlette.routing import Mount
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -47,28 +45,6 @@ def app_path(scope: Scope) -> tuple[str, str]:
 
 def normalise_method(method: str) -> str:
     return method if method in KNOWN_METHODS else OTHER_METHOD
-
-
-def route_template(scope: Scope, entry_root_path: str = "") -> str | None:
-    """The template of the route that handled this scope, read after the app returned.
-
-    Starlette's router leaves the matched route in ``scope["route"]`` and grows
-    ``root_path`` by each Mount's matched prefix, so the full template is the
-    prefix added below us plus the innermost route's ``path_format``.
-    Returns None when no route matched.
-    """
-    route = scope.get("route")
-    if route is None:
-        return None
-    path_format: str | None = getattr(route, "path_format", None)
-    if path_format is None:
-        return None
-    prefix = scope.get("root_path", "")[len(entry_root_path) :]
-    if isinstance(route, Mount) and prefix.endswith(route.path):
-        # The Mount itself handled the request (e.g. StaticFiles): its path_format
-        # already carries its own prefix.
-        prefix = prefix[: len(prefix) - len(route.path)]
-    return prefix + path_format if prefix else path_format
 
 
 def compile_paths(patterns: Iterable[str]) -> Callable[[str], bool]:

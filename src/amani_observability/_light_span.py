@@ -83,6 +83,11 @@ if not isinstance(_context_var, ContextVar):
 _SPAN_KEY: str | None = getattr(otel_propagation, "_SPAN_KEY", None)
 
 
+def reads_context_var() -> bool:
+    """Whether the current Context is read and set through its ContextVar directly."""
+    return _context_var is not None and _SPAN_KEY is not None
+
+
 def current_context() -> Context:
     """The current OpenTelemetry Context."""
     if _context_var is None:

@@ -25,8 +25,6 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.samples import Exemplar
 from starlette.concurrency import run_in_threadpool
-from starlette.convertors import CONVERTOR_TYPES
-from starlette.routing import Mount
 
 from . import _correlation
 from ._asgi import (
@@ -41,16 +39,55 @@ from ._asgi import (
     app_path,
     compile_paths,
     header_value,
-    route_template,
 )
 from ._correlation import TraceIds
+from ._routes import RouteEntry, route_entry, route_template, table_of
 
 logger = logging.getLogger("amani_observability.metrics")
 
-ROUTE_TABLE_UNREADABLE = (
-    "Could not read the application's routes; http_requests_in_progress counts its "
-    "requests under the unmatched endpoint"
+# Every request past METRICS_MAX_ENDPOINTS distinct endpoint values shares this one.
+OVERFLOW_ROUTE = "<overflow>"
+ENDPOINTS_OVERFLOW = (
+    "More than %d distinct endpoint label values in this process (METRICS_MAX_ENDPOINTS): "
+    'requests to further endpoints are counted under endpoint="%s"'
 )
+DEFAULT_MAX_ENDPOINTS = 1000
+
+
+class EndpointCap:
+    """The distinct `endpoint` label values of this process, at most `limit` of them.
+
+    Route templates keep labels bounded; this bounds them whatever a router reports (a
+    service with thousands of routes, a router that names routes by their path), as the
+    OpenTelemetry metrics SDK's cardinality limit does. UNMATCHED_ROUTE and OVERFLOW_ROUTE
+    are always allowed and do not count.
+    """
+
+    def __init__(self, limit: int = DEFAULT_MAX_ENDPOINTS) -> None:
+        self.limit = limit
+        self.seen: set[str] = set()
+        self.warned = False
+
+    def label(self, template: str) -> str:
+        """`template`, or OVERFLOW_ROUTE once `limit` other values are in use."""
+        if template in self.seen or template in (UNMATCHED_ROUTE, OVERFLOW_ROUTE):
+            return template
+        if len(self.seen) >= self.limit:
+            if not self.warned:
+                self.warned = True
+                logger.warning(ENDPOINTS_OVERFLOW, self.limit, OVERFLOW_ROUTE)
+            return OVERFLOW_ROUTE
+        self.seen.add(template)
+        return template
+
+    def reset(self, limit: int = DEFAULT_MAX_ENDPOINTS) -> None:
+        self.limit = limit
+        self.seen.clear()
+        self.warned = False
+
+
+# One per process: the label values belong to the process's registry, not to one app.
+endpoint_cap = EndpointCap()
 
 _current_trace_ids = _correlation.current_trace_ids
 _INF = float("inf")
@@ -194,7 +231,7 @@ class PrometheusMiddleware:
             # Websockets and lifespan are not HTTP requests: pass them through.
             await self.app(scope, receive, send)
             return
-        path, entry_root_path = app_path(scope)
+        path, _ = app_path(scope)
         if path == self.metrics_path and self.endpoint is not None:
             await self.endpoint(scope, receive, send)
             return
@@ -203,6 +240,7 @@ class PrometheusMiddleware:
             return
 
         method, gauge = self.begin(scope, path)
+        entry = route_entry(scope, self.app)
         status = 0
         finished = False
         client_gone = False
@@ -227,7 +265,7 @@ class PrometheusMiddleware:
                     client_gone = True
                     raise
                 finally:
-                    self._finish_here(scope, entry_root_path, method, status, started, gauge)
+                    self._finish_here(scope, entry, method, status, started, gauge)
                 return
             try:
                 await send(message)
@@ -240,10 +278,10 @@ class PrometheusMiddleware:
             await self.app(scope, receive, send_measured)
         except Exception as exc:
             if finished:
-                template = route_template(scope, entry_root_path) or UNMATCHED_ROUTE
+                template = route_template(scope, entry) or UNMATCHED_ROUTE
             else:
                 finished = True
-                template = self._finish_here(scope, entry_root_path, method, status, started, gauge)
+                template = self._finish_here(scope, entry, method, status, started, gauge)
             if not client_gone:
                 self.count_error(type(exc).__name__, template)
             raise
@@ -251,13 +289,13 @@ class PrometheusMiddleware:
             # Cancellation: still balance the gauge and count the request.
             if not finished:
                 finished = True
-                self._finish_here(scope, entry_root_path, method, status, started, gauge)
+                self._finish_here(scope, entry, method, status, started, gauge)
             raise
         if not finished:
             # Returned without a final body: a stream cut short by a disconnect, or
             # no response at all (the server then answers 500).
             finished = True
-            self._finish_here(scope, entry_root_path, method, status, started, gauge)
+            self._finish_here(scope, entry, method, status, started, gauge)
 
     def begin(self, scope: Scope, path: str) -> tuple[str, _Gauge]:
         """Count the request in progress; its method label and in-progress gauge."""
@@ -266,17 +304,21 @@ class PrometheusMiddleware:
             method = OTHER_METHOD
         # The router has not run yet, so the gauge's endpoint is predicted from the
         # app's route table; the same child is decremented, whatever the router decides.
-        gauge_key = (method, self._routes.predict(scope, path))
+        gauge_key = (method, self._routes.predict(scope.get("app") or self.app, path))
         gauge = self._gauges.get(gauge_key)
         if gauge is None:
-            gauge = self._gauges[gauge_key] = _in_progress(self.in_progress.labels(*gauge_key))
+            label = endpoint_cap.label(gauge_key[1])
+            gauge = self._gauges.get((method, label))
+            if gauge is None:
+                gauge = _in_progress(self.in_progress.labels(method, label))
+                self._gauges[(method, label)] = gauge
         gauge[0](None)
         return method, gauge
 
     def _finish_here(
         self,
         scope: Scope,
-        entry_root_path: str,
+        entry: RouteEntry,
         method: str,
         status: int,
         started: float,
@@ -288,7 +330,7 @@ class PrometheusMiddleware:
             status,
             started,
             gauge,
-            route_template(scope, entry_root_path),
+            route_template(scope, entry),
             _current_trace_ids(),
         )
 
@@ -314,7 +356,10 @@ class PrometheusMiddleware:
         code = status or 500
         series = self._finished.get((method, template, code))
         if series is None:
-            series = self._series(method, template, code)
+            template = endpoint_cap.label(template)
+            series = self._finished.get((method, template, code))
+            if series is None:
+                series = self._series(method, template, code)
         series[0](1)
         series[1](elapsed)
         bucket = bisect_left(series[2], elapsed)
@@ -354,10 +399,12 @@ class PrometheusMiddleware:
         return series
 
     def count_error(self, error_type: str, template: str) -> None:
-        key = (error_type, template)
-        child = self._errors.get(key)
+        child = self._errors.get((error_type, template))
         if child is None:
-            child = self._errors[key] = self.errors_total.labels(error_type, template)
+            key = (error_type, endpoint_cap.label(template))
+            child = self._errors.get(key)
+            if child is None:
+                child = self._errors[key] = self.errors_total.labels(*key)
         child.inc()
 
 
@@ -367,34 +414,26 @@ _Matcher = tuple[Callable[[str], "re.Match[str] | None"], list[str]]
 class _RoutePredictor:
     """Guess a request's route template before the router runs, from the app's routes.
 
-    Built once per app (and again if its route list grows): routes are grouped by their
-    first path segment, and each group is one combined regex whose matching alternative
-    names the template, so a request tries only the routes that can match it.
+    Built once per route table (see _routes.py): routes are grouped by their first path
+    segment, and each group is one combined regex whose matching alternative names the
+    template, so a request tries only the routes that can match it.
     Unknown apps and paths give UNMATCHED_ROUTE.
     """
 
-    __slots__ = ("_app", "_by_segment", "_count", "_fallback")
+    __slots__ = ("_by_segment", "_fallback", "_table")
 
     def __init__(self) -> None:
-        self._app: Any = None
-        self._count = -1
+        self._table: object = None
         self._by_segment: dict[str, _Matcher] = {}
         self._fallback: _Matcher | None = None
 
-    def predict(self, scope: Scope, path: str) -> str:
-        app = scope.get("app")
-        routes = getattr(getattr(app, "router", None), "routes", None)
-        if routes is None:
+    def predict(self, app: Any, path: str) -> str:
+        table = table_of(app)
+        if table is None:
             return UNMATCHED_ROUTE
-        if app is not self._app or len(routes) != self._count:
-            try:
-                self._build(app, routes)
-            except Exception:
-                # An exotic route table must not break requests: the gauge then
-                # counts everything under UNMATCHED_ROUTE for this app.
-                logger.warning(ROUTE_TABLE_UNREADABLE, exc_info=True)
-                self._by_segment, self._fallback = {}, None
-                self._app, self._count = app, len(routes)
+        if table is not self._table:
+            self._build(table.ordered)
+            self._table = table
         parts = path.split("/", 2)
         matcher = self._by_segment.get(parts[1] if len(parts) > 1 else "", self._fallback)
         if matcher is None:
@@ -404,21 +443,16 @@ class _RoutePredictor:
             return UNMATCHED_ROUTE
         return matcher[1][found.lastindex - 1]
 
-    def _build(self, app: Any, routes: list[Any]) -> None:
-        patterns: list[str] = []
-        templates: list[str] = []
-        _collect(routes, "", "", patterns, templates)
-        segments = [_first_segment(template) for template in templates]
-        entries = list(zip(patterns, templates, segments, strict=True))
+    def _build(self, ordered: list[tuple[str, str]]) -> None:
+        entries = [(regex, template, _first_segment(template)) for template, regex in ordered]
         # A route whose first segment is a parameter can match any path: it joins
         # every group, in its original order.
         self._by_segment = {
             segment: _matcher([e for e in entries if e[2] in (segment, None)])
-            for segment in {s for s in segments if s is not None}
+            for segment in {e[2] for e in entries if e[2] is not None}
         }
         wildcard = [e for e in entries if e[2] is None]
         self._fallback = _matcher(wildcard) if wildcard else None
-        self._app, self._count = app, len(routes)
 
 
 def _first_segment(template: str) -> str | None:
@@ -430,75 +464,6 @@ def _first_segment(template: str) -> str | None:
 def _matcher(entries: list[tuple[str, str, str | None]]) -> _Matcher:
     regex = re.compile("|".join(f"({pattern})" for pattern, _, _ in entries))
     return regex.fullmatch, [template for _, template, _ in entries]
-
-
-_PARAM = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_]*)(?::([a-zA-Z_][a-zA-Z0-9_]*))?\}")
-
-
-def _collect(
-    routes: Iterable[Any],
-    regex_prefix: str,
-    template_prefix: str,
-    patterns: list[str],
-    templates: list[str],
-    depth: int = 0,
-) -> None:
-    for entry in _flatten(routes):
-        # FastAPI >= 0.16x keeps included routers lazily; its RouteContext wraps each route.
-        route = getattr(entry, "route", entry) if _is_route_context(entry) else entry
-        path = getattr(entry, "path", None)
-        path_format = getattr(entry, "path_format", None)
-        if not isinstance(path, str) or not isinstance(path_format, str):
-            continue
-        if isinstance(route, Mount):
-            inner = route.routes if depth < 8 else []
-            if inner:
-                _collect(
-                    inner,
-                    regex_prefix + _path_regex(path),
-                    template_prefix + path,
-                    patterns,
-                    templates,
-                    depth + 1,
-                )
-                continue
-            patterns.append(regex_prefix + _path_regex(path) + "/.*")
-        else:
-            patterns.append(regex_prefix + _path_regex(path))
-        templates.append(template_prefix + path_format)
-
-
-def _flatten(routes: Iterable[Any]) -> Iterable[Any]:
-    try:
-        from fastapi.routing import iter_route_contexts
-    except ImportError:  # no FastAPI, or one whose routers are already flat
-        return routes
-    return iter_route_contexts(list(routes))
-
-
-def _is_route_context(entry: Any) -> bool:
-    return type(entry).__name__ == "RouteContext"
-
-
-def _convertor_regex(name: str) -> str:
-    """The convertor's own regex (int: [0-9]+ ...), its groups made non-capturing."""
-    convertor = CONVERTOR_TYPES.get(name)
-    regex = getattr(convertor, "regex", None)
-    if not isinstance(regex, str):
-        return "[^/]+"
-    return "(?:" + re.sub(r"(?<!\\)\((?!\?)", "(?:", regex) + ")"
-
-
-def _path_regex(path: str) -> str:
-    """A regex without capturing groups for a Starlette path such as /items/{id:int}."""
-    parts: list[str] = []
-    position = 0
-    for param in _PARAM.finditer(path):
-        parts.append(re.escape(path[position : param.start()]))
-        parts.append(_convertor_regex(param.group(2) or "str"))
-        position = param.end()
-    parts.append(re.escape(path[position:]))
-    return "".join(parts)
 
 
 class MetricsEndpoint:

@@ -36,6 +36,10 @@ _FIELDS = frozenset(
 
 _new = object.__new__
 
+# Whether this sentry-sdk's Scope has exactly the fields fork_scope() copies (2.75 and
+# the releases that keep its fields); elsewhere every fork is Scope.__copy__().
+SCOPE_FIELDS_KNOWN = frozenset(getattr(Scope, "__slots__", ())) == _FIELDS
+
 
 def fork_scope(scope: Scope) -> Scope:
     """A copy of `scope` with copies of its containers, as `Scope.__copy__()` makes."""
@@ -74,7 +78,7 @@ def fork_scope(scope: Scope) -> Scope:
 
 def scope_copier() -> ScopeCopier:
     """fork_scope where it forks as `Scope.__copy__()` does, else `Scope.__copy__`."""
-    if frozenset(getattr(Scope, "__slots__", ())) != _FIELDS:
+    if not SCOPE_FIELDS_KNOWN:
         return Scope.__copy__
     try:
         probe = _probe_scope()

@@ -40,6 +40,8 @@ class ThreadingIntegration(SDKThreadingIntegration):
         plain_submit = ThreadPoolExecutor.submit
         SDKThreadingIntegration.setup_once()
         forking_submit = ThreadPoolExecutor.submit
+        if forking_submit is plain_submit:
+            return  # a sentry-sdk that does not fork scopes at submit (older 2.x releases)
 
         def submit(
             self: ThreadPoolExecutor, fn: Callable[..., Any], /, *args: Any, **kwargs: Any

@@ -27,10 +27,10 @@ from ._asgi import (
     Scope,
     Send,
     app_path,
-    route_template,
 )
 from ._correlation import TraceIds, current_trace_ids
 from ._keepalive import awaited_in
+from ._routes import RouteEntry, route_entry, route_template
 from .request_id import (
     answer_missing_response,
     assign_request_id,
@@ -93,7 +93,7 @@ class StackMiddleware:
         if scope["type"] != "http" or self.all_layered:
             await self.layered(scope, receive, send)
             return
-        path, entry_root_path = app_path(scope)
+        path, _ = app_path(scope)
         metrics = self.metrics
         if metrics is not None:
             if path == metrics.metrics_path and metrics.endpoint is not None:
@@ -102,6 +102,8 @@ class StackMiddleware:
             if metrics.excluded(path):
                 metrics = None
 
+        # What the route template is read against once the router has run.
+        entry = route_entry(scope, self.app)
         # The context before anything below sets a variable, for the final send.
         outside = copy_context() if self.sends_outside else None
 
@@ -143,7 +145,7 @@ class StackMiddleware:
         if self.sentry is not None:
             sentry_module = self._sentry
             isolation_token, current_token = sentry_module.enter_request_scopes(
-                sentry_module.RequestEventProcessor(scope, entry_root_path, request_id),
+                sentry_module.RequestEventProcessor(scope, entry, request_id),
                 # A sampled span of ours gives events and outgoing requests their trace.
                 None
                 if span is not None and span_ids is not None
@@ -158,7 +160,7 @@ class StackMiddleware:
 
         # This request's `send`, and what it sees of the response (see _Response).
         response = _Response(
-            send, scope, entry_root_path, id_header, id_value, access_log, outside,
+            send, scope, entry, id_header, id_value, access_log, outside,
             metrics, method, gauge, clock, span_ids,
         )  # fmt: skip
         if span is not None and self.traceresponse:
@@ -176,7 +178,7 @@ class StackMiddleware:
             if metrics is not None:
                 if not response.finished:
                     response.finished = True
-                    response.route = route_template(scope, entry_root_path)
+                    response.route = route_template(scope, entry)
                     response.routed = True
                     metrics.finish(method, response.status, clock, gauge, response.route, span_ids)
                 if not response.client_gone:
@@ -189,7 +191,7 @@ class StackMiddleware:
         finally:
             status, route = response.status, response.route
             if not response.routed and (metrics is not None or span is not None):
-                route = route_template(scope, entry_root_path)
+                route = route_template(scope, entry)
             if metrics is not None and not response.finished:
                 # Returned without a final body (a stream cut short, no response at all),
                 # or cancelled: still count the request and balance the gauge.
@@ -240,7 +242,7 @@ class _Response:
         "clock",
         "downstream",
         "end_time",
-        "entry_root_path",
+        "entry",
         "finished",
         "gauge",
         "id_header",
@@ -262,7 +264,7 @@ class _Response:
         self,
         downstream: Send,
         scope: Scope,
-        entry_root_path: str,
+        entry: RouteEntry,
         id_header: bytes | None,
         id_value: bytes,
         access_log: AccessLog | None,
@@ -275,7 +277,7 @@ class _Response:
     ) -> None:
         self.downstream = downstream  # the server's send
         self.scope = scope
-        self.entry_root_path = entry_root_path
+        self.entry = entry
         # The request ID header to add (None: none) and its value; the pair is made when
         # the response starts, not held as a tuple for the whole request.
         self.id_header = id_header
@@ -332,7 +334,7 @@ class _Response:
                     self.client_gone = True
                     raise
                 finally:
-                    self.route = route = route_template(self.scope, self.entry_root_path)
+                    self.route = route = route_template(self.scope, self.entry)
                     self.routed = True
                     metrics = self.metrics
                     if metrics is not None:

@@ -32,6 +32,7 @@ EXPORT_FAILURE_LOG_INTERVAL = 60.0
 # exporter to give up; together below _instrument.SHUTDOWN_TIMEOUT.
 SHUTDOWN_FLUSH_WAIT = 3.0
 SHUTDOWN_ABANDON_WAIT = 1.0
+SHUTDOWN_GAVE_UP = "tracing shutdown gave up waiting for the exporter"
 
 EXPORT_FAILED = "Span export to %s is failing (%s): %d spans dropped; next report in %.0f s"
 EXPORT_RECOVERED = "Span export to %s works again"
@@ -79,7 +80,7 @@ async def shut_down(provider: TracerProvider, guard: ExportGuard | None) -> None
     try:
         await asyncio.wait_for(asyncio.shield(finished), SHUTDOWN_ABANDON_WAIT)
     except asyncio.TimeoutError:
-        logger.warning("tracing shutdown gave up waiting for the exporter")
+        logger.warning(SHUTDOWN_GAVE_UP)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -252,7 +253,9 @@ class ExportGuard(SpanExporter):
 
     def abandon(self) -> None:
         self.abandoned = True
-        self.shutdown()
+        # Off the caller's thread: the OTLP exporters before 1.3x wait in shutdown() for
+        # the export in progress, retries included, and the caller is the event loop.
+        threading.Thread(target=self.shutdown, name="amani-tracing-abandon", daemon=True).start()
 
     def shutdown(self) -> None:
         if self.closed:

@@ -580,23 +580,13 @@ def send_sentry_test_event(
     A private client: the process's global Sentry client and scopes are left untouched.
     """
     import sentry_sdk
-    from sentry_sdk.transport import HttpTransport
+
+    from ._sentry_seam import answer_recording_transport
 
     answers: list[str] = []
-
-    class RecordingTransport(HttpTransport):
-        # sentry-sdk reports failures only through these hooks and its debug log.
-        def on_dropped_event(self, reason: str) -> None:
-            answers.append(f"dropped ({reason})")
-
-        def _handle_response(self, response: Any, envelope: Any) -> None:
-            if 200 <= response.status < 300:
-                answers.append(f"HTTP {response.status}")
-            super()._handle_response(response, envelope)
-
     client = sentry_sdk.Client(
         dsn,
-        transport=RecordingTransport,
+        transport=answer_recording_transport(answers),
         default_integrations=False,
         auto_enabling_integrations=False,
         environment=environment,

@@ -34,6 +34,7 @@ from ._metrics_middleware import (
     PrometheusMiddleware,
     _fast_inc,
     _values_in_memory,
+    endpoint_cap,
     fast_observe,
 )
 from ._registry import get_or_create as _get_or_create
@@ -189,6 +190,8 @@ def use_buckets(buckets: Sequence[float]) -> None:
 def metrics_layer(settings: ObservabilitySettings, lifecycle: Lifecycle) -> Layer:
     """The factory instrument() puts innermost: measures the app and serves /metrics."""
     use_buckets(settings.metrics_buckets)
+    # Per process: the last instrument() call's limit applies to every app in it.
+    endpoint_cap.limit = settings.metrics_max_endpoints
     multiprocess_dir = _multiprocess_dir()
     if multiprocess_dir is not None and _values_in_memory():
         # The values of this process live in memory: aggregating the directory would

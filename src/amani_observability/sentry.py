@@ -15,6 +15,7 @@ SQLAlchemy in errors-only mode (_sentry_queries.py) and threading (_sentry_threa
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import re
 import warnings
@@ -25,30 +26,20 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import sentry_sdk
-from sentry_sdk import scope as _sentry_scope
-from sentry_sdk.integrations.fastapi import FastApiIntegration
+from sentry_sdk.integrations import DidNotEnable, Integration
 from sentry_sdk.integrations.logging import ignore_logger
-from sentry_sdk.integrations.starlette import StarletteIntegration
 from sentry_sdk.scope import Scope as _SentryScope
-from sentry_sdk.scope import (
-    ScopeType,
-    add_global_event_processor,
-    register_external_propagation_context,
-    remove_external_propagation_context,
-)
-from sentry_sdk.scope import _current_scope as _current_scope_var
-from sentry_sdk.scope import _isolation_scope as _isolation_scope_var
+from sentry_sdk.scope import ScopeType, add_global_event_processor
 from sentry_sdk.scrubber import DEFAULT_DENYLIST, EventScrubber
 from sentry_sdk.serializer import add_global_repr_processor
-from sentry_sdk.tracing import TransactionSource
 from sentry_sdk.utils import BadDsn, event_from_exception, iter_event_frames
 
 from ._asgi import UNMATCHED_ROUTE, ASGIApp, Message, Receive, Scope, Send, compile_paths
-from ._asgi import route_template as _route_template
 from ._correlation import current_trace_ids
 from ._keepalive import sending_outside
 from ._own_traffic import is_own_traffic
 from ._redaction import REDACTED, Redactor, redactor_for
+from ._routes import RouteEntry, route_entry, route_template
 from ._sentry_fork import ScopeCopier, scope_copier
 from ._sentry_losses import LossCountingTransport
 from ._sentry_losses import wants_ours as wants_our_transport
@@ -58,6 +49,7 @@ from ._sentry_queries import (
     sqlalchemy_integration,
     wants_the_sdks_query_spans,
 )
+from ._sentry_seam import bridge_traces, current_scope_var, isolation_scope_var, unbridge_traces
 from ._sentry_threads import ThreadingIntegration
 from ._sentry_threads import wants_ours as wants_our_threading
 from .exceptions import ConfigurationError
@@ -85,6 +77,12 @@ SENTRY_ENABLED = "Sentry error tracking is on (environment %s, release %s)"
 
 # Seconds the shutdown hook waits for queued events to reach Sentry.
 FLUSH_TIMEOUT = 2.0
+
+# Transaction sources as strings: sentry-sdk < 2.2x has no TransactionSource enum, and the
+# newer one is a str enum equal to these.
+SOURCE_URL = "url"
+SOURCE_ROUTE = "route"
+SOURCE_CUSTOM = "custom"
 
 # Name of the context `capture_exception(context=...)` fills in.
 CONTEXT_NAME = "details"
@@ -175,7 +173,7 @@ def init_sentry(settings: ObservabilitySettings | None = None, **sdk_options: An
         "before_breadcrumb": _without_own_traffic(None),
         # Our SentryMiddleware replaces these (same data, a fraction of the cost), and with
         # them on every unhandled exception would be captured twice.
-        "disabled_integrations": [StarletteIntegration(), FastApiIntegration()],
+        "disabled_integrations": _framework_integrations(),
     }
     if "event_scrubber" not in sdk_options and "data_collection" not in sdk_options:
         # The SDK's scrubber, nested data included, as a second line behind redact_event.
@@ -226,16 +224,31 @@ def init_sentry(settings: ObservabilitySettings | None = None, **sdk_options: An
     if settings.tracing_enabled:
         # Errors carry the OpenTelemetry trace of the request (trace_id, span_id) as their
         # Sentry trace context, so Sentry links them to the trace in your tracing backend.
-        register_external_propagation_context(current_trace_ids)
-    elif _bridge_is_ours():
-        remove_external_propagation_context()
+        bridge_traces(current_trace_ids)
+    else:
+        unbridge_traces(current_trace_ids)
     logger.info(SENTRY_ENABLED, settings.environment, settings.service_version)
     return True
 
 
-def _bridge_is_ours() -> bool:
-    """Whether the SDK's external trace source is ours (not, say, its OTLP integration)."""
-    return getattr(_sentry_scope, "_external_propagation_context_fn", None) is current_trace_ids
+# sentry-sdk's framework integrations, by module and class; each is importable only
+# where its framework is installed (a Starlette-only service has no FastAPI).
+_FRAMEWORK_INTEGRATIONS = (
+    ("sentry_sdk.integrations.starlette", "StarletteIntegration"),
+    ("sentry_sdk.integrations.fastapi", "FastApiIntegration"),
+)
+
+
+def _framework_integrations() -> list[Integration]:
+    """The SDK's Starlette and FastAPI integrations that can exist here, to switch off."""
+    found: list[Integration] = []
+    for module_name, class_name in _FRAMEWORK_INTEGRATIONS:
+        try:
+            module = importlib.import_module(module_name)
+        except (ImportError, DidNotEnable):
+            continue
+        found.append(getattr(module, class_name)())
+    return found
 
 
 async def flush_sentry(timeout: float = FLUSH_TIMEOUT) -> None:
@@ -308,14 +321,14 @@ class SentryMiddleware:
         if scope_type != "http" and scope_type != "websocket":
             await self.app(scope, receive, send)
             return
-        entry_root_path = scope.get("root_path", "")
-        processor = RequestEventProcessor(scope, entry_root_path, current_request_id())
+        entry = route_entry(scope, self.app)
+        processor = RequestEventProcessor(scope, entry, current_request_id())
         # The context before the request's scopes, for the final send.
         outside = copy_context() if scope_type == "http" else None
         isolation_token, current_token = enter_request_scopes(processor, self.incoming_trace(scope))
         try:
             if self.transactions and not self.excluded_path(scope["path"]):
-                await self._traced(scope, receive, send, entry_root_path)
+                await self._traced(scope, receive, send, entry)
                 return
             if outside is not None:
                 send = sending_outside(send, outside)
@@ -327,15 +340,13 @@ class SentryMiddleware:
         finally:
             exit_request_scopes(isolation_token, current_token)
 
-    async def _traced(
-        self, scope: Scope, receive: Receive, send: Send, entry_root_path: str
-    ) -> None:
+    async def _traced(self, scope: Scope, receive: Receive, send: Send, entry: RouteEntry) -> None:
         """Run the request inside a performance transaction continuing the caller's trace."""
         transaction = sentry_sdk.continue_trace(
             self.incoming_trace(scope),
             op=f"{scope['type']}.server",
             name=scope["path"],  # renamed to the route template once routing is done
-            source=TransactionSource.URL,
+            source=SOURCE_URL,
             origin="auto.http.amani_observability",
         )
 
@@ -358,8 +369,8 @@ class SentryMiddleware:
                 capture_unhandled(exc)
                 raise
             finally:
-                transaction.name = _endpoint(scope, entry_root_path)
-                transaction.source = TransactionSource.ROUTE
+                transaction.name = _endpoint(scope, entry)
+                transaction.source = SOURCE_ROUTE
 
 
 # What every request's scopes are forked from: two blank scopes, made once per process and
@@ -416,12 +427,12 @@ def enter_request_scopes(
     # The current scope's own propagation context would win over the request's: drop it,
     # so events and outgoing sentry-trace headers use the isolation scope's.
     current._propagation_context = None
-    return _isolation_scope_var.set(isolation), _current_scope_var.set(current)
+    return isolation_scope_var.set(isolation), current_scope_var.set(current)
 
 
 def exit_request_scopes(isolation_token: Token[Any], current_token: Token[Any]) -> None:
-    _current_scope_var.reset(current_token)
-    _isolation_scope_var.reset(isolation_token)
+    current_scope_var.reset(current_token)
+    isolation_scope_var.reset(isolation_token)
 
 
 def capture_unhandled(exc: BaseException) -> None:
@@ -438,8 +449,8 @@ def capture_unhandled(exc: BaseException) -> None:
         logger.debug("could not report an exception to Sentry", exc_info=True)
 
 
-def _endpoint(scope: Scope, entry_root_path: str) -> str:
-    return _route_template(scope, entry_root_path) or UNMATCHED_ROUTE
+def _endpoint(scope: Scope, entry: RouteEntry) -> str:
+    return route_template(scope, entry) or UNMATCHED_ROUTE
 
 
 def _no_trace_headers(scope: Scope) -> dict[str, str]:
@@ -461,16 +472,16 @@ class RequestEventProcessor:
     instead of a function and a cell per variable it closes over.
     """
 
-    __slots__ = ("__weakref__", "entry_root_path", "request_id", "scope")
+    __slots__ = ("__weakref__", "entry", "request_id", "scope")
 
-    def __init__(self, scope: Scope, entry_root_path: str, request_id: str | None) -> None:
+    def __init__(self, scope: Scope, entry: RouteEntry, request_id: str | None) -> None:
         self.scope = scope
-        self.entry_root_path = entry_root_path
+        self.entry = entry
         self.request_id = request_id
 
     def __call__(self, event: Any, hint: Any) -> Any:
         scope = self.scope
-        endpoint = _endpoint(scope, self.entry_root_path)
+        endpoint = _endpoint(scope, self.entry)
         tags = event.setdefault("tags", {})
         if self.request_id is not None:
             tags["request_id"] = self.request_id
@@ -479,10 +490,10 @@ class RequestEventProcessor:
         if trace_ids is not None:
             tags["trace_id"] = trace_ids[0]
         if event.get("type") != "transaction" and (
-            (event.get("transaction_info") or {}).get("source") != TransactionSource.CUSTOM
+            (event.get("transaction_info") or {}).get("source") != SOURCE_CUSTOM
         ):
             event["transaction"] = endpoint
-            event["transaction_info"] = {"source": TransactionSource.ROUTE}
+            event["transaction_info"] = {"source": SOURCE_ROUTE}
         request = event.get("request") or {}
         event["request"] = {**_request_data(scope), **request}
         if isinstance(hint, dict):

@@ -109,6 +109,8 @@ class ObservabilitySettings(BaseSettings):
     # validate_default: a username without a password must fail too (see the validator).
     metrics_password: SecretStr | None = Field(default=None, validate_default=True)
     metrics_bearer_token: SecretStr | None = None
+    # Distinct `endpoint` label values per process; beyond it, endpoint="<overflow>".
+    metrics_max_endpoints: int = Field(default=1000, ge=1, le=1_000_000)
 
     # --- OpenTelemetry tracing -----------------------------------------------------------
     tracing_enabled: bool = False

@@ -51,7 +51,6 @@ from ._asgi import (
     Scope,
     Send,
     compile_paths,
-    route_template,
 )
 from ._correlation import TraceIds
 from ._keepalive import sending_outside
@@ -65,6 +64,7 @@ from ._light_span import (
     span_of,
 )
 from ._redaction import mask_userinfo, redactor_for
+from ._routes import route_entry, route_template
 from ._tracing_export import (
     CountingBatchSpanProcessor,
     ExportGuard,
@@ -316,7 +316,7 @@ class TracingMiddleware:
             await self.app(scope, receive, send)
             return
 
-        entry_root_path = scope.get("root_path", "")
+        entry = route_entry(scope, self.app)
         status_code = 0
         end_time: int | None = None
         if outside is not None:
@@ -352,7 +352,7 @@ class TracingMiddleware:
             error_type = record_error(started[0], exc)
             raise
         finally:
-            route = route_template(scope, entry_root_path)
+            route = route_template(scope, entry)
             finish(started, scope, route, status_code, error_type, end_time)
 
     def begin(self, scope: Scope, request_id: str | None = None) -> Started | None:
@@ -743,6 +743,12 @@ def _instrument_libraries(provider: TracerProvider) -> list[Any]:
             continue  # the instrumentation, or the library itself, is not installed
         if instrumentor.is_instrumented_by_opentelemetry:
             continue  # the service switched it on itself: leave it to the service
+        conflict = _dependency_conflict(instrumentor)
+        if conflict is not None:
+            # e.g. a SQLAlchemy release newer than the instrumentation supports: one
+            # calm line instead of the instrumentation's error on every start-up.
+            logger.info(INSTRUMENTATION_UNSUPPORTED, class_name, conflict)
+            continue
         try:
             instrumentor.instrument(tracer_provider=provider, raise_exception_on_conflict=True)
         except ImportError:
@@ -758,3 +764,17 @@ def _instrument_libraries(provider: TracerProvider) -> list[Any]:
         if instrumentor.is_instrumented_by_opentelemetry:
             switched_on.append(instrumentor)
     return switched_on
+
+
+def _dependency_conflict(instrumentor: Any) -> object | None:
+    """The instrumentation's own check of the installed library's version, asked first:
+    instrumentations before 0.5xb0 log an error on a conflict rather than raising it."""
+    try:
+        from opentelemetry.instrumentation.dependencies import get_dependency_conflicts
+
+        conflict: object | None = get_dependency_conflicts(
+            instrumentor.instrumentation_dependencies()
+        )
+    except Exception:
+        return None  # instrument() checks again and says what is wrong
+    return conflict

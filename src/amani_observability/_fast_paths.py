@@ -1,0 +1,77 @@
+"""Which version-dependent fast paths the installed dependencies allow, and why.
+
+Each shortcut below is taken only where the installed release is one it was checked
+against (at import or start-up); elsewhere the public API does the same work. The test
+suite prints this list in its header, so each leg of the support matrix says which
+branch it ran.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+__all__ = ["FastPath", "fast_paths"]
+
+# (what the shortcut does, whether it is on, the package whose release decides it)
+FastPath = tuple[str, bool, str]
+
+
+def fast_paths() -> list[FastPath]:
+    """Every version-dependent shortcut, on or off for the installed releases."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
+    from . import _light_span
+    from ._metrics_middleware import _histogram_parts
+    from ._routes import ROUTER_SETS_ROUTE
+    from ._sentry_fork import SCOPE_FIELDS_KNOWN
+    from ._sentry_seam import NATIVE_TRACE_BRIDGE
+
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    processor = BatchSpanProcessor(InMemorySpanExporter())
+    provider.add_span_processor(processor)
+    try:
+        pipeline = _light_span.light_pipeline(provider, provider.get_tracer("probe"))
+        batch_emit = _light_span._batch_emit((processor,)) is not None
+    finally:
+        provider.shutdown()
+    from prometheus_client import CollectorRegistry, Histogram
+
+    histogram = Histogram("probe_seconds", "probe", registry=CollectorRegistry())
+    api, sdk = "opentelemetry-api", "opentelemetry-sdk"
+    fast_context = pipeline is not None and pipeline.fast_context
+    return [
+        ("Starlette router names the route (scope['route'])", ROUTER_SETS_ROUTE, "starlette"),
+        ("Sentry scopes forked field by field", SCOPE_FIELDS_KNOWN, "sentry-sdk"),
+        ("Sentry takes the OpenTelemetry trace natively", NATIVE_TRACE_BRIDGE, "sentry-sdk"),
+        ("OpenTelemetry context read from its ContextVar", _light_span.reads_context_var(), api),
+        ("OpenTelemetry light server span", pipeline is not None, sdk),
+        (
+            "OpenTelemetry span context built directly",
+            fast_context,
+            sdk,
+        ),
+        ("OpenTelemetry batch queue fed directly", batch_emit, sdk),
+        (
+            "Prometheus histogram observed by bisection",
+            _histogram_parts(histogram) is not None,
+            "prometheus-client",
+        ),
+    ]
+
+
+def described() -> list[str]:
+    """fast_paths() as lines: `on  Sentry scopes forked field by field (sentry-sdk 2.76.0)`."""
+    return [
+        f"{'on ' if on else 'off'} {what} ({package} {_version(package)})"
+        for what, on, package in fast_paths()
+    ]
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
