@@ -45,6 +45,8 @@ RouteEntry = tuple[Any, str, Any, Any]
 _MAX_DEPTH = 8
 # Applications whose route index is kept (tests build many; services have one or two).
 _MAX_TABLES = 64
+# Routes and endpoints remembered as absent from their application's index.
+_MAX_UNKNOWN = 1024
 
 
 def route_entry(scope: Any, app: Any) -> RouteEntry:
@@ -75,9 +77,15 @@ def route_template(scope: Any, entry: RouteEntry) -> str | None:
         endpoint = None
     if route is None and endpoint is None:
         return None
-    table = table_of(app)
+    held = _tables.tables.get(id(app))
+    table = held[1] if held is not None and held[0] is app else _tables.build(app)
     if table is not None:
-        template = table.template(route, endpoint, _relative(scope["path"], root_path))
+        places = table.by_route.get(id(route)) if route is not None else None
+        if places is None and endpoint is not None:
+            places = table.by_endpoint.get(id(endpoint))
+        if places is not None and len(places) == 1:
+            return places[0][0]  # the common case: one look-up, no matching
+        template = _tables.template(app, route, endpoint, _relative(scope["path"], root_path))
         if template is not None:
             return template
     # A route outside the application's table (a router of the service's own making):
@@ -99,14 +107,13 @@ _Place = tuple[str, Callable[[str], "re.Match[str] | None"]]
 class _Table:
     """One application's routes: route object and endpoint to the places they are found."""
 
-    __slots__ = ("by_endpoint", "by_route", "count", "keep", "ordered")
+    __slots__ = ("by_endpoint", "by_route", "keep", "ordered")
 
     def __init__(self, routes: list[Any]) -> None:
         self.by_route: dict[int, list[_Place]] = {}
         self.by_endpoint: dict[int, list[_Place]] = {}
         # The keyed objects, alive as long as the table, so that their ids stay theirs.
         self.keep: list[Any] = []
-        self.count = len(routes)
         # (template, regex of the full path) of every place, in the order the router tries.
         self.ordered: list[tuple[str, str]] = []
         _walk(routes, "", "", self, 0)
@@ -139,30 +146,55 @@ class _Table:
 
 
 class _Tables:
-    """The route index of each application seen, rebuilt when its route list grows."""
+    """The route index of each application seen.
+
+    Rebuilt when a request names a route or endpoint the index lacks (routes added after
+    the first request), at most once per such route: the request path never pays for a
+    look at the route list itself.
+    """
 
     def __init__(self) -> None:
-        # id(app) -> (app, its route count, its table or None where it could not be read)
-        self.tables: dict[int, tuple[Any, int, _Table | None]] = {}
+        # id(app) -> (app, its table or None where its routes could not be read)
+        self.tables: dict[int, tuple[Any, _Table | None]] = {}
+        # Routes and endpoints a rebuild did not find either: not looked for again.
+        self.unknown: set[int] = set()
 
     def get(self, app: Any) -> _Table | None:
-        routes = getattr(app, "routes", None)
-        if not isinstance(routes, list):
-            return None
         held = self.tables.get(id(app))
-        if held is not None and held[0] is app and held[1] == len(routes):
-            return held[2]
+        if held is not None and held[0] is app:
+            return held[1]
+        return self.build(app)
+
+    def build(self, app: Any) -> _Table | None:
+        routes = getattr(app, "routes", None)
+        table: _Table | None = None
+        if isinstance(routes, list):
+            try:
+                table = _Table(routes)
+            except Exception:
+                # An exotic route table must not break requests: said once per build.
+                logger.warning(ROUTE_TABLE_UNREADABLE, exc_info=True)
         if len(self.tables) >= _MAX_TABLES:
             self.tables.clear()
-        table: _Table | None
-        try:
-            table = _Table(routes)
-        except Exception:
-            # An exotic route table must not break requests: said once per table.
-            logger.warning(ROUTE_TABLE_UNREADABLE, exc_info=True)
-            table = None
-        self.tables[id(app)] = (app, len(routes), table)
+        self.tables[id(app)] = (app, table)
         return table
+
+    def template(self, app: Any, route: Any, endpoint: Any, path: str) -> str | None:
+        table = self.get(app)
+        if table is None:
+            return None
+        template = table.template(route, endpoint, path)
+        if template is not None:
+            return template
+        key = id(route if route is not None else endpoint)
+        if key in self.unknown:
+            return None
+        # Not in the index: routes added since it was built, or one from elsewhere.
+        if len(self.unknown) >= _MAX_UNKNOWN:
+            self.unknown.clear()
+        self.unknown.add(key)
+        table = self.build(app)
+        return None if table is None else table.template(route, endpoint, path)
 
 
 _tables = _Tables()
