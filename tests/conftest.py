@@ -101,6 +101,37 @@ def _reset_metrics() -> None:
     metrics.db_connections_active.set(0)
 
 
+@pytest.fixture
+def exporter(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """An in-memory exporter behind an injected provider (OpenTelemetry's global untouched)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from amani_observability import tracing
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    monkeypatch.setattr(tracing, "_injected_provider", provider)
+    return memory
+
+
+@pytest.fixture
+def sentry_server() -> Iterator[Any]:
+    """A local stand-in for Sentry; the client and our trace bridge are gone afterwards."""
+    import sentry_sdk
+
+    from amani_observability._correlation import current_trace_ids
+    from amani_observability._sentry_seam import unbridge_traces
+    from tests.sentry_stand_in import SentryStandIn
+
+    with SentryStandIn() as stand_in:
+        yield stand_in
+    sentry_sdk.get_global_scope().set_client(None)
+    unbridge_traces(current_trace_ids)
+
+
 @pytest.fixture(autouse=True)
 def reset_tracing() -> Iterator[None]:
     """No test sees another's global tracer provider, trace-ID getter or tracing state."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar, copy_context
 from typing import Any
 
@@ -26,22 +26,12 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from amani_observability import ObservabilitySettings, instrument, tracing
-from amani_observability._correlation import current_trace_ids
 from amani_observability._keepalive import awaited_in, is_final_body
-from amani_observability._sentry_seam import unbridge_traces
 from amani_observability._stack import StackMiddleware
 from amani_observability.sentry import SentryMiddleware
 from amani_observability.tracing import TracingMiddleware
 from tests.conftest import free_port
 from tests.sentry_stand_in import SentryStandIn
-
-
-@pytest.fixture
-def sentry_server() -> Iterator[SentryStandIn]:
-    with SentryStandIn() as stand_in:
-        yield stand_in
-    sentry_sdk.get_global_scope().set_client(None)
-    unbridge_traces(current_trace_ids)
 
 
 def pinning_app(seen: dict[str, Any], *, sentry_on: bool, tracing_on: bool) -> FastAPI:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,6 @@ import httpx
 import pytest
 import sentry_sdk
 from fastapi import APIRouter, FastAPI
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 from starlette.applications import Starlette
@@ -27,10 +24,8 @@ from starlette.routing import Mount, Route, Router, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from amani_observability import ObservabilitySettings, instrument, tracing
-from amani_observability._correlation import current_trace_ids
+from amani_observability import ObservabilitySettings, instrument
 from amani_observability._metrics_middleware import ENDPOINTS_OVERFLOW, OVERFLOW_ROUTE
-from amani_observability._sentry_seam import unbridge_traces
 from tests.conftest import lifespan
 from tests.sentry_stand_in import SentryStandIn
 from tests.support import call_asgi, http_scope
@@ -110,23 +105,6 @@ def static_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-def spans(monkeypatch: pytest.MonkeyPatch) -> InMemorySpanExporter:
-    memory = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    monkeypatch.setattr(tracing, "_injected_provider", provider)
-    return memory
-
-
-@pytest.fixture
-def sentry_server() -> Iterator[SentryStandIn]:
-    with SentryStandIn() as stand_in:
-        yield stand_in
-    sentry_sdk.get_global_scope().set_client(None)
-    unbridge_traces(current_trace_ids)
-
-
 def settings(**values: Any) -> ObservabilitySettings:
     return ObservabilitySettings(
         **{"tracing_enabled": True, "tracing_exporter": "none", "log_json": False, **values}
@@ -146,7 +124,7 @@ def requests_total() -> dict[tuple[str, str, str], float]:
 async def test_each_kind_of_route_is_labelled_and_named_by_its_full_template(
     kind: str,
     static_dir: Path,
-    spans: InMemorySpanExporter,
+    exporter: InMemorySpanExporter,
     sentry_server: SentryStandIn,
 ) -> None:
     path, headers, template, sends_event = ROUTE_KINDS[kind]
@@ -158,7 +136,7 @@ async def test_each_kind_of_route_is_labelled_and_named_by_its_full_template(
 
     assert response.status_code == 200
     assert requests_total() == {("GET", template, "200"): 1.0}
-    [span] = spans.get_finished_spans()
+    [span] = exporter.get_finished_spans()
     assert (span.name, span.attributes["http.route"]) == (f"GET {template}", template)  # type: ignore[index]
     events = sentry_server.events()
     assert [(e["tags"]["endpoint"], e["transaction"]) for e in events] == (
@@ -167,7 +145,7 @@ async def test_each_kind_of_route_is_labelled_and_named_by_its_full_template(
 
 
 async def test_a_path_no_route_matches_is_unmatched_and_named_by_its_method(
-    static_dir: Path, spans: InMemorySpanExporter
+    static_dir: Path, exporter: InMemorySpanExporter
 ) -> None:
     app = instrument(build_app(static_dir), settings())
     transport = httpx.ASGITransport(app=app)
@@ -176,12 +154,12 @@ async def test_a_path_no_route_matches_is_unmatched_and_named_by_its_method(
 
     assert response.status_code == 404
     assert requests_total() == {("GET", "<unmatched>", "404"): 1.0}
-    [span] = spans.get_finished_spans()
+    [span] = exporter.get_finished_spans()
     assert (span.name, "http.route" in (span.attributes or {})) == ("GET", False)
 
 
 async def test_a_websocket_route_names_its_span_by_its_template(
-    static_dir: Path, spans: InMemorySpanExporter
+    static_dir: Path, exporter: InMemorySpanExporter
 ) -> None:
     app = instrument(build_app(static_dir), settings())
     sent: list[dict[str, Any]] = []
@@ -198,7 +176,7 @@ async def test_a_websocket_route_names_its_span_by_its_template(
         await app(scope, receive, send)
 
     assert [m["type"] for m in sent] == ["websocket.accept", "websocket.send", "websocket.close"]
-    [span] = spans.get_finished_spans()
+    [span] = exporter.get_finished_spans()
     assert (span.name, span.attributes["http.route"]) == ("GET /ws/{room}", "/ws/{room}")  # type: ignore[index]
 
 

@@ -55,16 +55,6 @@ TRACEPARENT = f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01"
 custom_tracer = get_tracer(__name__)
 
 
-@pytest.fixture
-def exporter(monkeypatch: pytest.MonkeyPatch) -> InMemorySpanExporter:
-    """An in-memory exporter behind an injected provider (OpenTelemetry's global untouched)."""
-    memory = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    monkeypatch.setattr(tracing, "_injected_provider", provider)
-    return memory
-
-
 def settings(**values: Any) -> ObservabilitySettings:
     defaults: dict[str, Any] = {
         "tracing_enabled": True,

@@ -78,7 +78,7 @@ def fork_scope(scope: Scope) -> Scope:
 
 def scope_copier() -> ScopeCopier:
     """fork_scope where it forks as `Scope.__copy__()` does, else `Scope.__copy__`."""
-    if not SCOPE_FIELDS_KNOWN:
+    if frozenset(getattr(Scope, "__slots__", ())) != _FIELDS:
         return Scope.__copy__
     try:
         probe = _probe_scope()
