@@ -10,6 +10,7 @@ import sentry_sdk
 from starlette.applications import Starlette
 
 from amani_observability import ObservabilitySettings, _instrument, instrument
+from amani_observability._sentry_fork import SCOPE_FIELDS_KNOWN
 from amani_observability._startup import (
     ENV_TYPO,
     GUNICORN_PRELOAD,
@@ -129,8 +130,9 @@ async def test_each_worker_logs_one_summary_line_at_start_up(
             "continue); "
             "Sentry to 127.0.0.1:9 (environment production); "
             "alert channels: slack, pagerduty; loop monitor every 0.25 s, stalls from 0.5 s; "
-            "fast paths: Sentry scopes forked field by field, light server span, "
-            "one-layer stack",
+            "fast paths: Sentry scopes forked "
+            f"{'field by field' if SCOPE_FIELDS_KNOWN else 'by Scope.__copy__'}, "
+            "light server span, one-layer stack",
         )
     ]
     for secret in SECRETS:

@@ -168,6 +168,10 @@ class ObservabilitySettings(BaseSettings):
 
     def __init__(self, **values: Any) -> None:
         _reject_unknown_keywords(values)
+        # Keywords name settings in any case, as environment variables do; pydantic-settings
+        # before 2.8 matches only the field's own (lower-case) name.
+        fields = ObservabilitySettings.model_fields
+        values = {key.lower() if key.lower() in fields else key: v for key, v in values.items()}
         try:
             super().__init__(**values)
         except ValidationError as exc:
