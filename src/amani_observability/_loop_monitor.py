@@ -25,7 +25,8 @@ from time import monotonic
 from types import CodeType, FrameType
 from typing import Any
 
-from ._asgi import UNMATCHED_ROUTE, route_template
+from ._asgi import UNMATCHED_ROUTE
+from ._routes import route_template
 
 logger = logging.getLogger("amani_observability.loop")
 
@@ -193,9 +194,10 @@ def _request_of(frame: FrameType | None) -> tuple[str | None, str | None]:
                 return None, None
             state = scope.get("state")
             request_id = state.get("request_id") if isinstance(state, dict) else None
-            template = route_template(scope, local_names.get("entry_root_path", "")) or (
-                UNMATCHED_ROUTE
-            )
+            entry = local_names.get("entry")  # the layer's route_entry(), once it has one
+            if not (isinstance(entry, tuple) and len(entry) == 4):
+                entry = (scope.get("app"), scope.get("root_path", ""), None, None)
+            template = route_template(scope, entry) or UNMATCHED_ROUTE
             return request_id, f"{scope.get('method', 'GET')} {template}"
         frame = frame.f_back
     return None, None

@@ -80,9 +80,7 @@ def route_template(scope: Any, entry: RouteEntry) -> str | None:
     held = _tables.tables.get(id(app))
     table = held[1] if held is not None and held[0] is app else _tables.build(app)
     if table is not None:
-        places = table.by_route.get(id(route)) if route is not None else None
-        if places is None and endpoint is not None:
-            places = table.by_endpoint.get(id(endpoint))
+        places = table.places(route, endpoint)
         if places is not None and len(places) == 1:
             return places[0][0]  # the common case: one look-up, no matching
         template = _tables.template(app, route, endpoint, _relative(scope["path"], root_path))
