@@ -31,8 +31,6 @@ class Case:
     # The case this one is compared with, and the most we allow of its overhead.
     peer: str | None = None
     target: float | None = None
-    # The most we allow of the time of a bare request (x bare), when there is a limit.
-    bare_target: float | None = None
     path: str = "/items/42"
     headers: tuple[tuple[bytes, bytes], ...] = field(default=())
 

@@ -80,17 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             # A row without a target is shown for information: it cannot miss.
             target = row["target"]
             row["meets_target"] = None if target is None else row["ratio_to_peer"] <= target
-    for row in rows:
-        if row["bare_target"] is not None:
-            row["meets_bare_target"] = row["x_bare"] <= row["bare_target"]
     _print_table(rows)
-    for row in rows:
-        if row["bare_target"] is not None:
-            mark = "ok" if row["meets_bare_target"] else "MISSED"
-            print(
-                f"{row['configuration']}: {row['x_bare']:.2f}x bare "
-                f"(target <= {row['bare_target']}) {mark}"
-            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
@@ -106,11 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     print(f"\nwritten to {args.out}")
-    missed = [
-        r["configuration"]
-        for r in rows
-        if r.get("meets_target") is False or r.get("meets_bare_target") is False
-    ]
+    missed = [r["configuration"] for r in rows if r.get("meets_target") is False]
     if missed:
         print(f"targets missed: {', '.join(missed)}", file=sys.stderr)
     return 1 if missed else 0
@@ -137,7 +123,6 @@ def aggregate(
                     "overhead_us_per_process": [round(value, 1) for value in overheads],
                     "peer": case.peer,
                     "target": case.target,
-                    "bare_target": case.bare_target,
                 }
             )
     return rows

@@ -2,6 +2,7 @@
 
     uvicorn benchmarks.server_apps:bare         # the benchmark route, nothing else
     uvicorn benchmarks.server_apps:full         # the same route under the whole stack
+    uvicorn benchmarks.server_apps:peers        # the same route under the peer stack
     uvicorn benchmarks.server_apps:demo_bare    # the demo service, no observability
     uvicorn benchmarks.server_apps:demo_full    # the demo as main.py wires it, whole stack
 
@@ -9,10 +10,13 @@
 tracing at 100 % sampling through a BatchSpanProcessor (its exporter drops the batches,
 so no collector is needed and only the per-request cost shows), Sentry errors-only with
 a DSN on a closed loopback port (a healthy request sends nothing), access log off (the
-bare side writes none either). Each app is built on first access, so serving `bare`
-imports none of the stack. The demo apps hold one escrow transaction, DEMO_TRANSACTION,
-on SQLite in memory; `demo_full` adds what main.py adds (the database metrics) and the
-same whole stack as `full`.
+bare side writes none either). `peers` is the peer stack of cases_stack.py:
+asgi-correlation-id, prometheus-fastapi-instrumentator, opentelemetry-instrumentation-
+fastapi (the same kind of provider) and sentry-sdk's FastAPI integration at the same
+DSN. Each app is built on first access, so serving `bare` imports none of the stack.
+The demo apps hold one escrow transaction, DEMO_TRANSACTION, on SQLite in memory;
+`demo_full` adds what main.py adds (the database metrics) and the same whole stack as
+`full`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,12 @@ def build_full() -> Any:
     from benchmarks.cases_stack import ours
 
     return ours()
+
+
+def build_peers() -> Any:
+    from benchmarks.cases_stack import peers
+
+    return peers()
 
 
 DEMO_TRANSACTION = "0" * 32
@@ -64,6 +74,7 @@ def build_demo_full() -> Any:
 _BUILDERS = {
     "bare": build_bare,
     "full": build_full,
+    "peers": build_peers,
     "demo_bare": build_demo_bare,
     "demo_full": build_demo_full,
 }

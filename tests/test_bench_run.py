@@ -30,4 +30,4 @@ def test_each_figure_is_the_median_over_processes_against_their_own_bare() -> No
     assert row["overhead_us_per_process"] == [10.0, 4.0, 30.0]
     assert row["overhead_us"] == 10.0
     assert row["x_bare"] == 1.1  # the median of 1.1, 1.033 and 1.333
-    assert (row["group"], row["peer"], row["target"], row["bare_target"]) == ("g", None, None, None)
+    assert (row["group"], row["peer"], row["target"]) == ("g", None, None)

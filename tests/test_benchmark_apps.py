@@ -8,15 +8,23 @@ wrk throughput run) and of the harness's whole-stack row.
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
 import sentry_sdk
+from fastapi import FastAPI
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from prometheus_client import CollectorRegistry
 from sentry_sdk.scope import Scope
 
 from amani_observability import tracing
-from benchmarks import server_apps
+from benchmarks import cases_stack, server_apps
 from tests.conftest import lifespan
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -103,3 +111,80 @@ async def test_demo_server_apps_serve_the_same_transaction_bare_and_instrumented
         flags=re.M,
     )
     assert re.search(r"^db_query_duration_seconds_count\{[^}]*\} 1\.0", scrape.text, flags=re.M)
+
+
+def memory_provider() -> tuple[TracerProvider, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider(resource=Resource.create({"service.name": "bench"}))
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return tracer_provider, exporter
+
+
+async def test_public_api_floor_does_the_whole_stacks_work_through_public_apis() -> None:
+    isolation_scopes: list[Scope] = []
+    app = FastAPI()
+
+    @app.get("/items/{item_id}")
+    async def read_item(item_id: int) -> dict[str, int]:
+        isolation_scopes.append(sentry_sdk.get_isolation_scope())
+        return {"item_id": item_id}
+
+    registry = CollectorRegistry()
+    tracer_provider, exporter = memory_provider()
+    floor = cases_stack.public_api_floor(app, registry=registry, tracer_provider=tracer_provider)
+    outer_scope = sentry_sdk.get_isolation_scope()
+    transport = httpx.ASGITransport(app=floor)
+    async with httpx.AsyncClient(transport=transport, base_url="http://b") as client:
+        first = await client.get("/items/7")
+        second = await client.get("/items/8")
+
+    assert (first.json(), second.json()) == ({"item_id": 7}, {"item_id": 8})
+    ids = [first.headers["x-request-id"], second.headers["x-request-id"]]
+    assert [str(uuid.UUID(hex=value, version=4)).replace("-", "") for value in ids] == ids
+    assert ids[0] != ids[1]
+    # httpx's ASGI transport gives no server port, so the floor (like ours) sets none.
+    # One forked isolation scope per request, never the caller's.
+    assert len({id(scope) for scope in [outer_scope, *isolation_scopes]}) == 3
+    assert sentry_sdk.get_isolation_scope() is outer_scope
+    spans = exporter.get_finished_spans()
+    assert [(span.name, span.kind, dict(span.attributes or {})) for span in spans] == [
+        (
+            "GET /items/{item_id}",
+            SpanKind.SERVER,
+            {
+                "http.request.method": "GET",
+                "url.path": f"/items/{item_id}",
+                "url.scheme": "http",
+                "network.protocol.version": "1.1",
+                "server.address": "b",
+                "client.address": "127.0.0.1",
+                "user_agent.original": f"python-httpx/{httpx.__version__}",
+                "http.route": "/items/{item_id}",
+                "http.response.status_code": 200,
+            },
+        )
+        for item_id in (7, 8)
+    ]
+    labels = {"method": "GET", "endpoint": "/items/{item_id}"}
+    assert registry.get_sample_value("http_requests_total", {**labels, "status": "200"}) == 2.0
+    assert registry.get_sample_value("http_request_duration_seconds_count", labels) == 2.0
+
+
+async def test_peers_server_app_has_all_four_peer_libraries_on() -> None:
+    registry = CollectorRegistry()
+    tracer_provider, exporter = memory_provider()
+    app = cases_stack.peers(registry=registry, tracer_provider=tracer_provider)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://b") as c:
+        response = await c.get("/items/7")
+
+    assert response.json() == {"item_id": 7}
+    assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
+    server_spans = [s.name for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER]
+    assert server_spans == ["GET /items/{item_id}"]
+    assert (
+        registry.get_sample_value(
+            "http_requests_total", {"handler": "/items/{item_id}", "method": "GET", "status": "2xx"}
+        )
+        == 1.0
+    )
+    assert sentry_sdk.get_client().is_active() is False  # current only while the app runs
