@@ -7,9 +7,13 @@ wrk throughput run) and of the harness's whole-stack row.
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -170,21 +174,56 @@ async def test_public_api_floor_does_the_whole_stacks_work_through_public_apis()
     assert registry.get_sample_value("http_request_duration_seconds_count", labels) == 2.0
 
 
-async def test_peers_server_app_has_all_four_peer_libraries_on() -> None:
-    registry = CollectorRegistry()
-    tracer_provider, exporter = memory_provider()
-    app = cases_stack.peers(registry=registry, tracer_provider=tracer_provider)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://b") as c:
-        response = await c.get("/items/7")
+# sentry-sdk's integrations patch Starlette process-wide: the peer stack runs in a child.
+PEERS_REQUEST = """
+import asyncio, json, httpx, sentry_sdk
+from prometheus_client import CollectorRegistry
+from benchmarks import cases_stack
+from tests.test_benchmark_apps import memory_provider
 
-    assert response.json() == {"item_id": 7}
-    assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
-    server_spans = [s.name for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER]
-    assert server_spans == ["GET /items/{item_id}"]
-    assert (
-        registry.get_sample_value(
-            "http_requests_total", {"handler": "/items/{item_id}", "method": "GET", "status": "2xx"}
-        )
-        == 1.0
-    )
-    assert sentry_sdk.get_client().is_active() is False  # current only while the app runs
+registry = CollectorRegistry()
+tracer_provider, exporter = memory_provider()
+peers = cases_stack.peers(registry=registry, tracer_provider=tracer_provider)
+integrations = []
+
+async def app(scope, receive, send):
+    async def sending(message):
+        # Read while the peers' Sentry client is current: inside their app.
+        integrations.append(sorted(sentry_sdk.get_client().integrations))
+        await send(message)
+    await peers(scope, receive, sending)
+
+async def main():
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://b") as client:
+        response = await client.get("/items/7")
+    labels = {"handler": "/items/{item_id}", "method": "GET", "status": "2xx"}
+    print(json.dumps({
+        "body": response.json(),
+        "request id": response.headers["x-request-id"],
+        "server spans": [s.name for s in exporter.get_finished_spans() if s.kind.name == "SERVER"],
+        "requests counted": registry.get_sample_value("http_requests_total", labels),
+        "sentry integrations": integrations[0],
+    }))
+
+asyncio.run(main())
+"""
+
+
+def test_peers_server_app_has_all_four_peer_libraries_on() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", PEERS_REQUEST],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+
+    assert re.fullmatch(r"[0-9a-f]{32}", seen.pop("request id"))
+    assert {"fastapi", "starlette"} <= set(seen.pop("sentry integrations"))
+    assert seen == {
+        "body": {"item_id": 7},
+        "server spans": ["GET /items/{item_id}"],
+        "requests counted": 1.0,
+    }
