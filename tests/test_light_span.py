@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 from decimal import Decimal
+from importlib.metadata import version
 from typing import Any
 
 import httpx
@@ -28,7 +28,12 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 from opentelemetry.trace.span import TraceState
 
 from amani_observability import ObservabilitySettings, instrument, tracing
-from amani_observability._light_span import LightSpan, _root_decision, light_pipeline
+from amani_observability._light_span import (
+    LightSpan,
+    _root_decision,
+    light_pipeline,
+    span_record,
+)
 from amani_observability.tracing import add_span_attributes, get_tracer
 from tests.conftest import lifespan
 
@@ -62,105 +67,114 @@ def make_app(seen: list[str]) -> FastAPI:
 async def export(
     monkeypatch: pytest.MonkeyPatch, processor_type: type[Any], policy: str = "continue"
 ) -> list[Any]:
-    """Run two requests through a provider with this processor; what was exported."""
+    """Run three requests through a provider with this processor: the span types the
+    handlers saw, the exported spans' whole records and the traceresponse headers."""
     memory = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(processor_type(memory))
     monkeypatch.setattr(tracing, "_injected_provider", provider)
     seen: list[str] = []
     settings = ObservabilitySettings(
-        tracing_enabled=True, log_json=False, trace_context_policy=policy
+        tracing_enabled=True,
+        log_json=False,
+        trace_context_policy=policy,
+        trace_response_header=True,
     )
     app = instrument(make_app(seen), settings)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    flags: list[str] = []
     async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-        await c.get(
-            "/orders/o-1?x=1",
-            headers={
-                "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-                "tracestate": "vendor=x",
-            },
-        )
-        await c.get("/fail", headers={"X-Request-ID": "fail-1"})
+        for path, traceparent in (
+            ("/orders/o-1?x=1", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            ("/orders/o-2", "00-5bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b8-03"),
+            ("/fail", None),
+        ):
+            headers = {"X-Request-ID": "r-1"}
+            if traceparent is not None:
+                headers.update(traceparent=traceparent, tracestate="vendor=x")
+            response = await c.get(path, headers=headers)
+            flags.append(response.headers["traceresponse"].rsplit("-", 1)[1])
     provider.force_flush()
-    return [seen, [comparable(span) for span in memory.get_finished_spans()]]
+    return [seen, [comparable(span) for span in memory.get_finished_spans()], flags]
 
 
 def comparable(span: ReadableSpan) -> dict[str, Any]:
-    attributes = dict(span.attributes or {})
-    attributes.pop("request.id", None)  # generated per request
-    return {
-        "name": span.name,
-        "kind": span.kind,
-        "status": (span.status.status_code, span.status.description),
-        "attributes": attributes,
-        "events": [
-            (
-                event.name,
-                {k: v for k, v in (event.attributes or {}).items() if k != "exception.stacktrace"},
-            )
-            for event in span.events
-        ],
-        "parent": None if span.parent is None else span.parent.span_id,
-        "links": [
-            (link.context.trace_id, link.context.span_id, link.context.trace_state.to_header())
-            for link in span.links
-        ],
-        "trace_id": span.context.trace_id if span.name != "GET /fail" else None,  # type: ignore[union-attr]
-        "resource": dict(span.resource.attributes),
-        "scope": span.instrumentation_scope,
-    }
+    """The span's whole record (span_record), with what differs per run normalised."""
+    record = span_record(span)
+    record["end_time"] = "<end>"
+    for event in record["events"]:
+        event["timestamp"] = "<time>"
+    if record["name"] == "child":
+        record["parent_id"] = "<the server span>"
+        record["parent"] = ("<the server span's trace>", *record["parent"][1:])
+    if record["parent_id"] is None:
+        record["parent"] = None  # a new trace: its ids are random
+    return record
 
 
-def strip_ids(spans: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for span in spans:
-        span = dict(span)
-        if span["name"] == "child":
-            span["parent"] = "the server span"
-        out.append(span)
-    return out
+def sdk_root_flags() -> int:
+    """The flags the installed SDK gives a new trace's span: 03 from opentelemetry-sdk 1.42
+    (the W3C random trace id flag), 01 before."""
+    major, minor = (int(part) for part in version("opentelemetry-sdk").split(".")[:2])
+    return 0x03 if (major, minor) >= (1, 42) else 0x01
 
 
 @pytest.mark.parametrize("processor_type", [SimpleSpanProcessor, BatchSpanProcessor])
 async def test_the_fast_span_exports_what_the_sdk_span_exports(
     monkeypatch: pytest.MonkeyPatch, processor_type: type[Any]
 ) -> None:
-    fast_seen, fast = await export(monkeypatch, processor_type)
-    sdk_seen, sdk = await export(monkeypatch, SDKSpanProcessor)
-    assert (fast_seen, sdk_seen) == (["LightSpan"], ["_Span"])
-    assert strip_ids(fast) == strip_ids(sdk)
-    server = next(span for span in fast if span["name"] == "GET /orders/{order_id}")
-    assert server["parent"] == 0x00F067AA0BA902B7
-    assert server["trace_id"] == 0x4BF92F3577B34DA6A3CE929D0E0E4736
+    fast_seen, fast, fast_flags = await export(monkeypatch, processor_type)
+    sdk_seen, sdk, sdk_flags = await export(monkeypatch, SDKSpanProcessor)
+    assert (fast_seen, sdk_seen) == (["LightSpan", "LightSpan"], ["_Span", "_Span"])
+    assert fast == sdk
+    # Server spans carry exactly the SDK's flags: the caller's random-trace-id flag is
+    # kept where the SDK keeps it, and a new trace gets the SDK's own.
+    assert fast_flags == sdk_flags == ["01", f"{sdk_root_flags():02x}", f"{sdk_root_flags():02x}"]
+    assert [(span["name"], span["trace_flags"]) for span in fast] == [
+        ("child", 0x01),
+        ("GET /orders/{order_id}", 0x01),
+        ("child", sdk_root_flags()),
+        ("GET /orders/{order_id}", sdk_root_flags()),
+        ("GET /fail", sdk_root_flags()),
+    ]
+    server = fast[1]
+    assert server["parent_id"] == "0x00f067aa0ba902b7"
+    assert server["parent"] == (0x4BF92F3577B34DA6A3CE929D0E0E4736, True, 0x01)
     assert {k: server["attributes"][k] for k in ("order_id", "amount", "custom.list")} == {
         "order_id": "o-1",
         "amount": "12.50",
-        "custom.list": ("a", "b"),
+        "custom.list": ["a", "b"],
     }
     assert "skipped" not in server["attributes"]
-    assert server["events"] == [("checkpoint", {"step": 2})]
-    failed = next(span for span in fast if span["name"] == "GET /fail")
+    assert [(e["name"], e["attributes"]) for e in server["events"]] == [("checkpoint", {"step": 2})]
+    failed = fast[4]
     # OK set by the handler is final, as in the SDK.
-    assert failed["status"] == (StatusCode.OK, None)
-    assert [name for name, _ in failed["events"]] == ["exception"]
+    assert failed["status"] == {"status_code": "OK"}
+    assert [event["name"] for event in failed["events"]] == ["exception"]
 
 
 async def test_a_restarted_trace_exports_the_same_link_from_the_fast_and_the_sdk_span(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """TRACE_CONTEXT_POLICY=restart: a root span linked to the caller's, on both paths."""
-    fast_seen, fast = await export(monkeypatch, BatchSpanProcessor, "restart")
-    sdk_seen, sdk = await export(monkeypatch, SDKSpanProcessor, "restart")
-    assert (fast_seen, sdk_seen) == (["LightSpan"], ["_Span"])
-    # The new traces' ids are random: everything else must match.
-    for span in (*fast, *sdk):
-        span["trace_id"] = None
-    assert strip_ids(fast) == strip_ids(sdk)
-    server = next(span for span in fast if span["name"] == "GET /orders/{order_id}")
-    assert (server["parent"], server["links"]) == (
+    fast_seen, fast, fast_flags = await export(monkeypatch, BatchSpanProcessor, "restart")
+    sdk_seen, sdk, sdk_flags = await export(monkeypatch, SDKSpanProcessor, "restart")
+    assert (fast_seen, sdk_seen) == (["LightSpan", "LightSpan"], ["_Span", "_Span"])
+    assert fast == sdk
+    assert fast_flags == sdk_flags == [f"{sdk_root_flags():02x}"] * 3
+    server = fast[1]
+    assert (server["parent_id"], server["links"]) == (
         None,
-        [(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, "vendor=x")],
+        [
+            {
+                "context": {
+                    "trace_id": "0x4bf92f3577b34da6a3ce929d0e0e4736",
+                    "span_id": "0x00f067aa0ba902b7",
+                    "trace_state": repr(TraceState([("vendor", "x")])),
+                },
+                "attributes": {},
+            }
+        ],
     )
 
 
@@ -274,7 +288,9 @@ def test_a_batch_processor_gets_the_span_itself_with_the_sdks_span_context() -> 
     span = pipeline.start("GET", None)
     assert isinstance(span, LightSpan)
     context = span.get_span_context()
-    assert context == SpanContext(context.trace_id, context.span_id, False, TraceFlags(1))
+    assert context == SpanContext(
+        context.trace_id, context.span_id, False, TraceFlags(sdk_root_flags())
+    )
     assert (context.is_valid, context.is_remote, context.trace_state) == (True, False, TraceState())
     span.own_attributes = {"http.request.method": "GET"}
     span.end()

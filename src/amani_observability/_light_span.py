@@ -24,6 +24,8 @@ set-up gets the SDK's own spans (`light_pipeline()` returns None).
 
 from __future__ import annotations
 
+import json
+import logging
 import traceback
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
@@ -43,6 +45,7 @@ from opentelemetry.sdk.trace import (
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_ON,
     Decision,
     ParentBased,
     Sampler,
@@ -52,11 +55,13 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace import propagation as otel_propagation
-from opentelemetry.trace.span import DEFAULT_TRACE_STATE
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE, TraceState
 from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util.types import Attributes, AttributeValue
 
 from ._tracing_export import CountingBatchSpanProcessor
+
+logger = logging.getLogger("amani_observability.tracing")
 
 _SERVER = SpanKind.SERVER
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
@@ -135,8 +140,10 @@ class LightPipeline:
         "fast_context",
         "generate_span_id",
         "generate_trace_id",
+        "inherited_flags",
         "on_end",
         "resource",
+        "root_flags",
         "sampler",
         "scope",
     )
@@ -151,6 +158,8 @@ class LightPipeline:
         on_end: Callable[[ReadableSpan], None],
         decide_root: RootDecision | None = None,
         fast_context: bool = False,
+        root_flags: int = 0,
+        inherited_flags: int = 0,
     ) -> None:
         self.sampler = sampler
         self.generate_trace_id = generate_trace_id
@@ -161,6 +170,10 @@ class LightPipeline:
         self.on_end = on_end
         self.decide_root = decide_root
         self.fast_context = fast_context
+        # Flags besides "sampled" the SDK gives a new trace's spans (the W3C random trace
+        # id flag with opentelemetry-sdk >= 1.42), and those it copies from a parent.
+        self.root_flags = root_flags
+        self.inherited_flags = inherited_flags
 
     def start(
         self, name: str, parent: Context | None, parent_span: trace.Span | None = None
@@ -179,34 +192,72 @@ class LightPipeline:
             trace_id = self.generate_trace_id()
             if not decide_root(trace_id):
                 return NonRecordingSpan(
-                    SpanContext(trace_id, self.generate_span_id(), False, _NOT_SAMPLED)
+                    SpanContext(trace_id, self.generate_span_id(), False, self._flags(False))
                 )
             if self.fast_context:
                 # SpanContext.__new__ re-checks the ids' range; the SDK's generator only
                 # makes valid ones. Layout checked at start-up (_span_context_layout_holds).
                 context = tuple.__new__(
                     SpanContext,
-                    (trace_id, self.generate_span_id(), False, _SAMPLED, DEFAULT_TRACE_STATE, True),
+                    (
+                        trace_id,
+                        self.generate_span_id(),
+                        False,
+                        self._flags(True),
+                        DEFAULT_TRACE_STATE,
+                        True,
+                    ),
                 )
             else:
-                context = SpanContext(trace_id, self.generate_span_id(), False, _SAMPLED)
+                context = SpanContext(trace_id, self.generate_span_id(), False, self._flags(True))
             return LightSpan(self, name, context, None, time_ns())
         if parent_context.is_valid:
             trace_id = parent_context.trace_id
+            extra = parent_context.trace_flags & self.inherited_flags
         else:
             parent_context = None  # type: ignore[assignment]
             trace_id = self.generate_trace_id()
+            extra = self.root_flags
         result = self.sampler.should_sample(parent, trace_id, name, _SERVER)
         decision = result.decision
-        flags = _SAMPLED if decision is Decision.RECORD_AND_SAMPLE else _NOT_SAMPLED
+        sampled = decision is Decision.RECORD_AND_SAMPLE
+        flags = TraceFlags((TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT) | extra)
         context = SpanContext(trace_id, self.generate_span_id(), False, flags, result.trace_state)
         if decision is Decision.DROP:
             return NonRecordingSpan(context)
         return LightSpan(self, name, context, parent_context, time_ns())
 
+    def _flags(self, sampled: bool) -> TraceFlags:
+        """A new trace's flags, as the SDK sets them."""
+        if not self.root_flags:
+            return _SAMPLED if sampled else _NOT_SAMPLED
+        return TraceFlags((TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT) | self.root_flags)
+
 
 def light_pipeline(provider: object, tracer: object) -> LightPipeline | None:
-    """The fast pipeline for this provider, or None where only the SDK's Span is right."""
+    """The fast pipeline for this provider, or None where only the SDK's Span is right.
+
+    Never raises: an SDK whose internals or behaviour differ from the ones checked here
+    gets its own Span.
+    """
+    try:
+        pipeline = _pipeline_for(provider, tracer)
+        if pipeline is None:
+            return None
+        differences = _differences_from_sdk(provider, tracer, pipeline)
+    except Exception:
+        logger.info("light server span off: could not check it against the SDK", exc_info=True)
+        return None
+    if differences:
+        logger.info(LIGHT_SPAN_DIFFERS, ", ".join(differences))
+        return None
+    return pipeline
+
+
+LIGHT_SPAN_DIFFERS = "light server span off: it differs from the SDK's span in %s"
+
+
+def _pipeline_for(provider: object, tracer: object) -> LightPipeline | None:
     if type(provider) is not TracerProvider:
         return None
     processor = getattr(provider, "_active_span_processor", None)
@@ -226,6 +277,7 @@ def light_pipeline(provider: object, tracer: object) -> LightPipeline | None:
         return None
     ids = provider.id_generator
     random_ids = type(ids) is RandomIdGenerator
+    root_flags, inherited_flags = _sdk_flags(ids)
     return LightPipeline(
         provider.sampler,
         ids.generate_trace_id,
@@ -236,7 +288,121 @@ def light_pipeline(provider: object, tracer: object) -> LightPipeline | None:
         # Both shortcuts rely on ids from the SDK's generator: never zero, never too long.
         decide_root=_root_decision(provider.sampler) if random_ids else None,
         fast_context=random_ids and _span_context_layout_holds(),
+        root_flags=root_flags,
+        inherited_flags=inherited_flags,
     )
+
+
+# A remote parent with every flag set, to see which ones the SDK copies to its child.
+_ALL_FLAGS = 0xFF
+
+
+def _sdk_flags(ids: Any) -> tuple[int, int]:
+    """(flags besides "sampled" on a new trace, flags copied from a parent), read off
+    spans the SDK itself makes with this id generator."""
+    probe = TracerProvider(sampler=ALWAYS_ON, id_generator=ids, shutdown_on_exit=False)
+    tracer = probe.get_tracer("amani_observability.probe")
+    root = tracer.start_span("probe", Context(), _SERVER).get_span_context()
+    parent = SpanContext(1, 2, True, TraceFlags(_ALL_FLAGS))
+    child = tracer.start_span(
+        "probe", trace.set_span_in_context(NonRecordingSpan(parent)), _SERVER
+    ).get_span_context()
+    return root.trace_flags & ~TraceFlags.SAMPLED, child.trace_flags & ~TraceFlags.SAMPLED
+
+
+def _differences_from_sdk(provider: Any, tracer: Any, pipeline: LightPipeline) -> list[str]:
+    """The fields in which a light span differs from the SDK's span for the same work.
+
+    Both are made by an always-sampling copy of the provider (same resource, id generator
+    and instrumentation scope), for a new trace and for a remote caller's.
+    """
+    probe = TracerProvider(
+        sampler=ALWAYS_ON,
+        resource=provider.resource,
+        id_generator=provider.id_generator,
+        shutdown_on_exit=False,
+    )
+    scope: InstrumentationScope = pipeline.scope
+    sdk_tracer = probe.get_tracer(scope.name, scope.version, scope.schema_url)
+    light = LightPipeline(
+        probe.sampler,
+        pipeline.generate_trace_id,
+        pipeline.generate_span_id,
+        provider.resource,
+        scope,
+        lambda span: None,
+        decide_root=_root_decision(probe.sampler) if pipeline.decide_root else None,
+        fast_context=pipeline.fast_context,
+        root_flags=pipeline.root_flags,
+        inherited_flags=pipeline.inherited_flags,
+    )
+    caller = SpanContext(
+        0x4BF92F3577B34DA6A3CE929D0E0E4736,
+        0x00F067AA0BA902B7,
+        True,
+        TraceFlags(0x03),
+        TraceState([("vendor", "x")]),
+    )
+    differences: list[str] = []
+    for parent in (Context(), trace.set_span_in_context(NonRecordingSpan(caller))):
+        ours = _probe_span(light.start("GET", parent))
+        theirs = _probe_span(sdk_tracer.start_span("GET", parent, _SERVER))
+        differences += [key for key in theirs if ours.get(key) != theirs[key]]
+    return sorted(set(differences))
+
+
+def _probe_span(span: trace.Span) -> dict[str, Any]:
+    """Does a server span's work on `span` and ends it; its whole exported record."""
+    own: dict[str, AttributeValue] = {
+        "http.request.method": "GET",
+        "url.path": "/probe/1",
+        "http.route": "/probe/{id}",
+        "http.response.status_code": 500,
+    }
+    span.set_attribute("service.values", ["a", "b"])
+    span.add_event("checkpoint", {"step": 2}, timestamp=1_000)
+    span.add_link(SpanContext(3, 4, True, _SAMPLED), {"link.kind": "caller"})
+    try:
+        raise KeyError("probe")
+    except KeyError as exc:
+        span.record_exception(exc, timestamp=2_000)
+    span.update_name("GET /probe/{id}")
+    span.set_status(Status(StatusCode.ERROR, "probe"))
+    if type(span) is LightSpan:
+        span.own_attributes = own
+    else:
+        span.set_attributes(own)
+    span.end(3_000)
+    return span_record(span)  # type: ignore[arg-type]
+
+
+def span_record(span: ReadableSpan) -> dict[str, Any]:
+    """Everything a ReadableSpan exports: its whole `to_json()`, plus what that leaves
+    out (trace flags, instrumentation scope, parent's flags), with ids and start time
+    normalised."""
+    record: dict[str, Any] = json.loads(span.to_json())
+    context = span.get_span_context()
+    record["context"].update(trace_id="<trace id>", span_id="<span id>")
+    record["start_time"] = "<start>"
+    record["trace_flags"] = int(context.trace_flags) if context is not None else None
+    record["is_remote"] = context.is_remote if context is not None else None
+    parent = span.parent
+    if parent is not None:
+        record["parent"] = (parent.trace_id, parent.is_remote, int(parent.trace_flags))
+    scope = span.instrumentation_scope
+    if scope is not None:
+        record["scope"] = (
+            scope.name,
+            scope.version,
+            scope.schema_url,
+            dict(getattr(scope, "attributes", None) or {}),
+        )
+    record["dropped"] = (
+        span.dropped_attributes,
+        span.dropped_events,
+        span.dropped_links,
+    )
+    return record
 
 
 def _root_decision(sampler: Sampler) -> RootDecision | None:
@@ -247,7 +413,7 @@ def _root_decision(sampler: Sampler) -> RootDecision | None:
     Any other sampler (a subclass included) is asked for every span. The function is
     checked against the sampler itself before it is used.
     """
-    root = sampler._root if type(sampler) is ParentBased else sampler
+    root = getattr(sampler, "_root", None) if type(sampler) is ParentBased else sampler
     if type(root) is TraceIdRatioBased:
         limit, bound = TraceIdRatioBased.TRACE_ID_LIMIT, root.bound
 
@@ -256,7 +422,11 @@ def _root_decision(sampler: Sampler) -> RootDecision | None:
 
         decide: RootDecision = by_ratio
     elif type(root) is StaticSampler:
-        constant = root._decision is Decision.RECORD_AND_SAMPLE
+        # A constant sampler: its answer for any trace.
+        constant = (
+            sampler.should_sample(Context(), 1, "probe", _SERVER).decision
+            is Decision.RECORD_AND_SAMPLE
+        )
 
         def always(trace_id: int) -> bool:
             return constant
@@ -283,9 +453,12 @@ _PROBE_TRACE_IDS = tuple(
 
 def _span_context_layout_holds() -> bool:
     """Whether SpanContext is still the tuple the fast path builds directly."""
-    made = SpanContext(1, 2, False, _SAMPLED)
-    direct = tuple.__new__(SpanContext, (1, 2, False, _SAMPLED, DEFAULT_TRACE_STATE, True))
-    return type(made) is SpanContext and tuple(made) == tuple(direct) and direct.is_valid
+    try:
+        made = SpanContext(1, 2, False, _SAMPLED)
+        direct = tuple.__new__(SpanContext, (1, 2, False, _SAMPLED, DEFAULT_TRACE_STATE, True))
+        return type(made) is SpanContext and tuple(made) == tuple(direct) and direct.is_valid
+    except Exception:  # reshaped: build it through SpanContext()
+        return False
 
 
 def _batch_emit(processors: tuple[Any, ...]) -> Callable[[ReadableSpan], None] | None:
@@ -453,4 +626,4 @@ class LightSpan(trace.Span, ReadableSpan):
         return f'LightSpan(name="{self._name}", context={self._context})'
 
 
-__all__ = ["LightPipeline", "LightSpan", "light_pipeline"]
+__all__ = ["LightPipeline", "LightSpan", "light_pipeline", "span_record"]

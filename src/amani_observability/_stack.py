@@ -140,11 +140,10 @@ class StackMiddleware:
         # The trace the exemplar names: the span's own ids, without a look-up.
         span_ids = self._tracing.sampled_ids(span) if span is not None else current_trace_ids()
         # Sentry: this request's own scopes.
-        isolation_token: Token[Any] | None = None
-        current_token: Token[Any] | None = None
+        sentry_tokens: tuple[Token[Any], Token[Any]] | None = None
         if self.sentry is not None:
             sentry_module = self._sentry
-            isolation_token, current_token = sentry_module.enter_request_scopes(
+            sentry_tokens = sentry_module.enter_request_scopes(
                 sentry_module.RequestEventProcessor(scope, entry, request_id),
                 # A sampled span of ours gives events and outgoing requests their trace.
                 None
@@ -196,8 +195,8 @@ class StackMiddleware:
                 # Returned without a final body (a stream cut short, no response at all),
                 # or cancelled: still count the request and balance the gauge.
                 metrics.finish(method, status, clock, gauge, route, span_ids)
-            if isolation_token is not None and current_token is not None:
-                self._sentry.exit_request_scopes(isolation_token, current_token)
+            if sentry_tokens is not None:
+                self._sentry.exit_request_scopes(sentry_tokens)
             if span is not None:
                 self._tracing.finish(
                     (span, span_token, span_name, span_attributes or {}),

@@ -36,6 +36,7 @@ from sentry_sdk.utils import BadDsn, event_from_exception, iter_event_frames
 
 from ._asgi import UNMATCHED_ROUTE, ASGIApp, Message, Receive, Scope, Send, compile_paths
 from ._correlation import current_trace_ids
+from ._fallbacks import fallback_taken as _fallback_taken
 from ._keepalive import sending_outside
 from ._own_traffic import is_own_traffic
 from ._redaction import REDACTED, Redactor, redactor_for
@@ -325,7 +326,7 @@ class SentryMiddleware:
         processor = RequestEventProcessor(scope, entry, current_request_id())
         # The context before the request's scopes, for the final send.
         outside = copy_context() if scope_type == "http" else None
-        isolation_token, current_token = enter_request_scopes(processor, self.incoming_trace(scope))
+        tokens = enter_request_scopes(processor, self.incoming_trace(scope))
         try:
             if self.transactions and not self.excluded_path(scope["path"]):
                 await self._traced(scope, receive, send, entry)
@@ -338,7 +339,7 @@ class SentryMiddleware:
                 capture_unhandled(exc)
                 raise
         finally:
-            exit_request_scopes(isolation_token, current_token)
+            exit_request_scopes(tokens)
 
     async def _traced(self, scope: Scope, receive: Receive, send: Send, entry: RouteEntry) -> None:
         """Run the request inside a performance transaction continuing the caller's trace."""
@@ -389,10 +390,12 @@ def _blank() -> tuple[_SentryScope, _SentryScope]:
     global _blank_scopes, _copy_scope
     if _blank_scopes is None:
         _copy_scope = scope_copier()
-        _blank_scopes = (
-            _SentryScope(ty=ScopeType.ISOLATION),
-            _SentryScope(ty=ScopeType.CURRENT),
-        )
+        current = _SentryScope(ty=ScopeType.CURRENT)
+        # The current scope's own propagation context would win over the request's:
+        # clear() drops it, so events and outgoing sentry-trace headers use the isolation
+        # scope's.
+        current.clear()
+        _blank_scopes = (_SentryScope(ty=ScopeType.ISOLATION), current)
     return _blank_scopes
 
 
@@ -406,7 +409,7 @@ def _scope_fork_in_use() -> str:
 
 def enter_request_scopes(
     processor: Callable[[Any, Any], Any], trace_headers: dict[str, str] | None
-) -> tuple[Token[Any], Token[Any]]:
+) -> tuple[Token[Any], Token[Any]] | None:
     """Make a fresh isolation and current scope current for one request.
 
     What `sentry_sdk.isolation_scope()` does (fork both, make both current), without its
@@ -414,25 +417,28 @@ def enter_request_scopes(
     a request: a trace of its own, continuing an incoming `sentry-trace` header. With
     `trace_headers=None` the request keeps no Sentry trace of its own: the caller knows
     a sampled OpenTelemetry span will be current, whose ids events and outgoing requests
-    then carry instead.
+    then carry instead. None when the scopes could not be made: the request then runs
+    in the scopes it came with, unchanged.
     """
-    blank_isolation, blank_current = _blank_scopes or _blank()
-    isolation = _copy_scope(blank_isolation)
-    isolation.add_event_processor(processor)
-    if trace_headers:
-        isolation.generate_propagation_context(trace_headers)
-    elif trace_headers is not None:
-        isolation.set_new_propagation_context()  # ids are drawn only if ever read
-    current = _copy_scope(blank_current)
-    # The current scope's own propagation context would win over the request's: drop it,
-    # so events and outgoing sentry-trace headers use the isolation scope's.
-    current._propagation_context = None
+    try:
+        blank_isolation, blank_current = _blank_scopes or _blank()
+        isolation = _copy_scope(blank_isolation)
+        isolation.add_event_processor(processor)
+        if trace_headers:
+            isolation.generate_propagation_context(trace_headers)
+        elif trace_headers is not None:
+            isolation.set_new_propagation_context()  # ids are drawn only if ever read
+        current = _copy_scope(blank_current)
+    except Exception as exc:  # observability must never break the request
+        _fallback_taken("Sentry request scopes", exc, "the request ran in the scopes it came with")
+        return None
     return isolation_scope_var.set(isolation), current_scope_var.set(current)
 
 
-def exit_request_scopes(isolation_token: Token[Any], current_token: Token[Any]) -> None:
-    current_scope_var.reset(current_token)
-    isolation_scope_var.reset(isolation_token)
+def exit_request_scopes(tokens: tuple[Token[Any], Token[Any]] | None) -> None:
+    if tokens is not None:
+        current_scope_var.reset(tokens[1])
+        isolation_scope_var.reset(tokens[0])
 
 
 def capture_unhandled(exc: BaseException) -> None:
