@@ -10,11 +10,13 @@ import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from amani_observability._sentry_fork import SCOPE_FIELDS_KNOWN
 from amani_observability._startup import SUMMARY_PREFIX
 from amani_observability.assets import (
     KUBERNETES_FILES,
@@ -310,7 +312,13 @@ def test_check_prints_the_start_up_summary_and_env_name_typos(
         "(auth none, no PROMETHEUS_MULTIPROC_DIR: this process only); tracing off; "
         f"Sentry to 127.0.0.1:{listener} (environment development); alert channels: none; "
         # tests/conftest.py raises LOOP_STALL_SECONDS for every test
-        "loop monitor every 0.25 s, stalls from 60 s; fast paths: decided at start-up",
+        "loop monitor every 0.25 s, stalls from 60 s; fast paths: "
+        f"prometheus on (prometheus-client {version('prometheus-client')}), "
+        + (
+            f"sentry scopes on (sentry-sdk {version('sentry-sdk')})"
+            if SCOPE_FIELDS_KNOWN
+            else "sentry scopes off (sdk copy)"
+        ),
         "WARN  Environment variable SENTRY_DNS is not a setting; did you mean SENTRY_DSN? "
         "It is ignored",
         "",

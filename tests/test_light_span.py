@@ -28,7 +28,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 from opentelemetry.trace.span import TraceState
 
 from amani_observability import ObservabilitySettings, instrument, tracing
-from amani_observability._light_span import (
+from amani_observability._otel_seam import (
     LightSpan,
     _root_decision,
     light_pipeline,

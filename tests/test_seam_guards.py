@@ -22,7 +22,7 @@ from prometheus_client import REGISTRY
 from amani_observability import (
     ObservabilitySettings,
     _fallbacks,
-    _light_span,
+    _otel_seam,
     instrument,
     metrics,
     sentry,
@@ -57,10 +57,10 @@ def test_a_light_span_whose_flags_differ_from_the_sdks_is_switched_off(
 ) -> None:
     """The drift the hand-picked comparison missed: the whole record is compared now."""
     wrong = (sdk_root_flags() & ~0x01) ^ 0x02
-    monkeypatch.setattr(_light_span, "_sdk_flags", lambda ids: (wrong, wrong))
+    monkeypatch.setattr(_otel_seam, "_sdk_flags", lambda ids: (wrong, wrong))
     provider = probe_provider()
     with caplog.at_level(logging.INFO, "amani_observability.tracing"):
-        assert _light_span.light_pipeline(provider, provider.get_tracer("t")) is None
+        assert _otel_seam.light_pipeline(provider, provider.get_tracer("t")) is None
     assert caplog.messages == [
         "light server span off: it differs from the SDK's span in trace_flags"
     ]
@@ -74,7 +74,7 @@ def test_a_reshaped_static_sampler_costs_the_shortcut_not_start_up(
     monkeypatch.delattr(sampler, "_decision")
     provider = probe_provider(sampler)
     with caplog.at_level(logging.INFO, "amani_observability.tracing"):
-        assert _light_span.light_pipeline(provider, provider.get_tracer("t")) is None
+        assert _otel_seam.light_pipeline(provider, provider.get_tracer("t")) is None
     assert caplog.messages == ["light server span off: could not check it against the SDK"]
 
 
@@ -88,8 +88,8 @@ class ReshapedSpanContext(tuple):  # type: ignore[type-arg]
 def test_a_reshaped_span_context_costs_the_direct_build_not_start_up(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_light_span, "SpanContext", ReshapedSpanContext)
-    assert _light_span._span_context_layout_holds() is False
+    monkeypatch.setattr(_otel_seam, "SpanContext", ReshapedSpanContext)
+    assert _otel_seam._span_context_layout_holds() is False
 
 
 def test_a_span_context_probe_that_raises_costs_the_direct_build_not_start_up(
@@ -98,8 +98,8 @@ def test_a_span_context_probe_that_raises_costs_the_direct_build_not_start_up(
     def raising(*args: Any) -> None:
         raise TypeError("SpanContext() takes no positional arguments")
 
-    monkeypatch.setattr(_light_span, "SpanContext", raising)
-    assert _light_span._span_context_layout_holds() is False
+    monkeypatch.setattr(_otel_seam, "SpanContext", raising)
+    assert _otel_seam._span_context_layout_holds() is False
 
 
 async def test_requests_are_traced_by_the_sdk_when_the_light_span_check_fails(
@@ -108,7 +108,7 @@ async def test_requests_are_traced_by_the_sdk_when_the_light_span_check_fails(
     def broken(provider: object, tracer: object) -> None:
         raise AttributeError("'TracerProvider' object has no attribute '_span_limits'")
 
-    monkeypatch.setattr(_light_span, "_pipeline_for", broken)
+    monkeypatch.setattr(_otel_seam, "_pipeline_for", broken)
     memory = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(memory))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from importlib.metadata import version
 
 import pytest
 import sentry_sdk
@@ -130,9 +131,13 @@ async def test_each_worker_logs_one_summary_line_at_start_up(
             "continue); "
             "Sentry to 127.0.0.1:9 (environment production); "
             "alert channels: slack, pagerduty; loop monitor every 0.25 s, stalls from 0.5 s; "
-            "fast paths: Sentry scopes forked "
-            f"{'field by field' if SCOPE_FIELDS_KNOWN else 'by Scope.__copy__'}, "
-            "light server span, one-layer stack",
+            f"fast paths: prometheus on (prometheus-client {version('prometheus-client')}), "
+            + (
+                f"sentry scopes on (sentry-sdk {version('sentry-sdk')}), "
+                if SCOPE_FIELDS_KNOWN
+                else "sentry scopes off (sdk copy), "
+            )
+            + f"otel span on (opentelemetry-sdk {version('opentelemetry-sdk')}), one-layer stack",
         )
     ]
     for secret in SECRETS:

@@ -23,8 +23,8 @@ def fast_paths() -> list[FastPath]:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
-    from . import _light_span
-    from ._metrics_middleware import _histogram_parts
+    from . import _otel_seam
+    from ._prometheus_seam import histogram_parts
     from ._routes import ROUTER_SETS_ROUTE
     from ._sentry_fork import SCOPE_FIELDS_KNOWN
     from ._sentry_seam import NATIVE_TRACE_BRIDGE
@@ -33,8 +33,8 @@ def fast_paths() -> list[FastPath]:
     processor = BatchSpanProcessor(InMemorySpanExporter())
     provider.add_span_processor(processor)
     try:
-        pipeline = _light_span.light_pipeline(provider, provider.get_tracer("probe"))
-        batch_emit = _light_span._batch_emit((processor,)) is not None
+        pipeline = _otel_seam.light_pipeline(provider, provider.get_tracer("probe"))
+        batch_emit = _otel_seam._batch_emit((processor,)) is not None
     finally:
         provider.shutdown()
     from prometheus_client import CollectorRegistry, Histogram
@@ -46,7 +46,7 @@ def fast_paths() -> list[FastPath]:
         ("Starlette router names the route (scope['route'])", ROUTER_SETS_ROUTE, "starlette"),
         ("Sentry scopes forked field by field", SCOPE_FIELDS_KNOWN, "sentry-sdk"),
         ("Sentry takes the OpenTelemetry trace natively", NATIVE_TRACE_BRIDGE, "sentry-sdk"),
-        ("OpenTelemetry context read from its ContextVar", _light_span.reads_context_var(), api),
+        ("OpenTelemetry context read from its ContextVar", _otel_seam.reads_context_var(), api),
         ("OpenTelemetry light server span", pipeline is not None, sdk),
         (
             "OpenTelemetry span context built directly",
@@ -56,7 +56,7 @@ def fast_paths() -> list[FastPath]:
         ("OpenTelemetry batch queue fed directly", batch_emit, sdk),
         (
             "Prometheus histogram observed by bisection",
-            _histogram_parts(histogram) is not None,
+            histogram_parts(histogram) is not None,
             "prometheus-client",
         ),
     ]

@@ -41,6 +41,12 @@ from ._asgi import (
     header_value,
 )
 from ._correlation import TraceIds
+from ._prometheus_seam import (
+    bucket_exemplar_setters,
+    histogram_parts,
+    inc_of,
+    values_in_memory,
+)
 from ._routes import RouteEntry, route_entry, route_template, table_of
 
 logger = logging.getLogger("amani_observability.metrics")
@@ -106,45 +112,6 @@ _Series = tuple[
 ]
 
 
-def _fast_inc(child: Any) -> Callable[[float], None]:
-    """The child's value increment: Counter.inc()/Gauge.inc() minus their per-call checks."""
-    value = getattr(child, "_value", None)
-    inc = getattr(value, "inc", None)
-    return inc if callable(inc) else child.inc  # type: ignore[no-any-return]
-
-
-# A histogram child's sum increment, bucket upper bounds and bucket increments.
-_HistogramParts = tuple[
-    Callable[[float], None], tuple[float, ...], tuple[Callable[[float], None], ...]
-]
-
-
-def _histogram_parts(child: Any) -> _HistogramParts | None:
-    """What Histogram.observe() updates, looked up once; None where prometheus_client's
-    internals are not the ones we know."""
-    sum_value = getattr(child, "_sum", None)
-    buckets = getattr(child, "_buckets", None)
-    bounds = getattr(child, "_upper_bounds", None)
-    if sum_value is None or buckets is None or bounds is None:  # pragma: no cover
-        return None
-    return sum_value.inc, tuple(bounds), tuple(bucket.inc for bucket in buckets)
-
-
-def fast_observe(child: Any) -> Callable[[float], None]:
-    """The histogram child's observe(): Histogram.observe() minus its per-call checks and
-    its Python loop over the buckets (a bisection finds the same bucket)."""
-    parts = _histogram_parts(child)
-    if parts is None:  # pragma: no cover
-        return child.observe  # type: ignore[no-any-return]
-    observe_sum, upper_bounds, bucket_incs = parts
-
-    def observe(amount: float) -> None:
-        observe_sum(amount)
-        bucket_incs[bisect_left(upper_bounds, amount)](1)
-
-    return observe
-
-
 # (enter, leave) of one in-progress gauge child.
 _Gauge = tuple[Callable[[Any], None], Callable[[], Any]]
 _IN_FLIGHT = "_amani_in_flight"
@@ -158,8 +125,8 @@ def _in_progress(child: Any) -> _Gauge:
     Every middleware sharing the child shares its deque. In multiprocess mode the
     value must live in prometheus_client's files, so the child is incremented.
     """
-    if not _values_in_memory():
-        value_inc = _fast_inc(child)
+    if not values_in_memory():
+        value_inc = inc_of(child)
         return (lambda _: value_inc(1)), (lambda: value_inc(-1))
     in_flight: deque[None] | None = getattr(child, _IN_FLIGHT, None)
     if in_flight is None:
@@ -167,12 +134,6 @@ def _in_progress(child: Any) -> _Gauge:
         setattr(child, _IN_FLIGHT, in_flight)
         child.set_function(in_flight.__len__)
     return in_flight.append, in_flight.pop
-
-
-def _values_in_memory() -> bool:
-    from prometheus_client import values
-
-    return values.ValueClass is values.MutexValue
 
 
 def _ignore(amount: float) -> None:
@@ -379,17 +340,15 @@ class PrometheusMiddleware:
     def _series(self, method: str, template: str, code: int) -> _Series:
         histogram = self.duration.labels(method, template)
         exemplar_setters: tuple[Callable[[Exemplar], None], ...] | None = None
-        parts = _histogram_parts(histogram)
+        parts = histogram_parts(histogram)
         if parts is not None:
             # What Histogram.observe() does, minus its per-call checks and Python loop.
             observe_sum, upper_bounds, bucket_incs = parts
-            buckets = histogram._buckets
-            if all(callable(getattr(bucket, "set_exemplar", None)) for bucket in buckets):
-                exemplar_setters = tuple(bucket.set_exemplar for bucket in buckets)
-        else:  # pragma: no cover - a prometheus_client without these internals
+            exemplar_setters = bucket_exemplar_setters(histogram)
+        else:  # the shortcut is off: the public observe(), no exemplar
             observe_sum, bucket_incs, upper_bounds = histogram.observe, (_ignore,), (_INF,)
         series = (
-            _fast_inc(self.requests_total.labels(method, template, str(code))),
+            inc_of(self.requests_total.labels(method, template, str(code))),
             observe_sum,
             upper_bounds,
             bucket_incs,

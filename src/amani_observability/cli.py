@@ -381,7 +381,11 @@ class _Check:
             _write(f"  {name.upper()} = {mask(getattr(settings, name))}")
         _write("")
         # The line each worker logs at start-up, and its env-name typo warnings.
-        _write(summary(settings, None, os.environ.get("PROMETHEUS_MULTIPROC_DIR")))
+        _write(
+            summary(
+                settings, _fast_paths_here(settings), os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+            )
+        )
         for variable, meant in env_typos(os.environ):
             _write(f"WARN  {ENV_TYPO % (variable, meant)}")
         _write("")
@@ -618,3 +622,33 @@ def send_sentry_test_event(
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+def _fast_paths_here(settings: ObservabilitySettings) -> list[str]:
+    """The SDK shortcuts a worker with these settings takes with the SDKs installed here,
+    each checked as at start-up (the server span for the provider instrument() builds)."""
+    found = []
+    if settings.metrics_enabled:
+        from ._prometheus_seam import describe as describe_prometheus
+
+        found.append(describe_prometheus())
+    if settings.sentry_dsn is not None:
+        from .sentry import _scope_fork_in_use
+
+        found.append(_scope_fork_in_use())
+    if settings.tracing_enabled:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+        from ._otel_seam import describe, light_decision
+
+        provider = TracerProvider(
+            sampler=ParentBased(TraceIdRatioBased(settings.tracing_sample_rate)),
+            shutdown_on_exit=False,
+        )
+        provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+        found.append(describe(*light_decision(provider, provider.get_tracer("check"))))
+        provider.shutdown()
+    return found

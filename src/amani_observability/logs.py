@@ -45,7 +45,7 @@ class RequestContextFilter(logging.Filter):
             if request_id is None and record.exc_info and record.exc_info[1] is not None:
                 # The server's "Exception in ASGI application" line, logged after the
                 # request's context was reset: RequestIDMiddleware tagged the exception.
-                request_id = getattr(record.exc_info[1], "_amani_request_id", None)
+                request_id = getattr(record.exc_info[1], "amani_request_id", None)
             record.request_id = request_id
         if getattr(record, "trace_id", None) is None:
             ids = current_trace_ids()

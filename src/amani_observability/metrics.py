@@ -30,14 +30,14 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
 from ._fallbacks import fallback_taken as _fallback_taken
-from ._metrics_middleware import (
-    MetricsEndpoint,
-    PrometheusMiddleware,
-    _fast_inc,
-    _values_in_memory,
-    endpoint_cap,
-    fast_observe,
-)
+from ._metrics_middleware import MetricsEndpoint, PrometheusMiddleware, endpoint_cap
+from ._prometheus_seam import children_of as _children_of
+from ._prometheus_seam import describe as _describe_prometheus
+from ._prometheus_seam import inc_of as _inc_of
+from ._prometheus_seam import observe_of as _observe_of
+from ._prometheus_seam import registered as _registered
+from ._prometheus_seam import upper_bounds as _upper_bounds
+from ._prometheus_seam import values_in_memory as _values_in_memory
 from ._registry import get_or_create as _get_or_create
 from .settings import DEFAULT_BUCKETS
 
@@ -77,8 +77,8 @@ def _histogram(
     name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]
 ) -> Histogram:
     """Get-or-create a histogram; a different bucket layout replaces the registered one."""
-    existing = REGISTRY._names_to_collectors.get(name)
-    if isinstance(existing, Histogram) and tuple(existing._upper_bounds[:-1]) != tuple(buckets):
+    existing = _registered(REGISTRY, name)
+    if isinstance(existing, Histogram) and (_upper_bounds(existing) or ())[:-1] != tuple(buckets):
         # Buckets are fixed at creation: METRICS_BUCKETS differing from the current
         # layout means a new histogram (its series start from zero).
         REGISTRY.unregister(existing)
@@ -95,9 +95,13 @@ http_requests_total = _get_or_create(
     "HTTP requests answered, by method, route template and status code.",
     labelnames=("method", "endpoint", "status"),
 )
+_HTTP_DURATION_DOC = (
+    "Time from receiving the request to sending the last response byte, in seconds."
+)
+_DB_DURATION_DOC = "Database query duration in seconds, by operation."
 http_request_duration_seconds = _histogram(
     "http_request_duration_seconds",
-    "Time from receiving the request to sending the last response byte, in seconds.",
+    _HTTP_DURATION_DOC,
     ("method", "endpoint"),
     DEFAULT_BUCKETS,
 )
@@ -117,7 +121,7 @@ db_connections_active = _get_or_create(
 )
 db_query_duration_seconds = _histogram(
     "db_query_duration_seconds",
-    "Database query duration in seconds, by operation.",
+    _DB_DURATION_DOC,
     ("operation",),
     DEFAULT_BUCKETS,
 )
@@ -173,13 +177,13 @@ def use_buckets(buckets: Sequence[float]) -> None:
     global http_request_duration_seconds, db_query_duration_seconds
     http_request_duration_seconds = _histogram(
         "http_request_duration_seconds",
-        http_request_duration_seconds._documentation,
+        _HTTP_DURATION_DOC,
         ("method", "endpoint"),
         buckets,
     )
     db_query_duration_seconds = _histogram(
         "db_query_duration_seconds",
-        db_query_duration_seconds._documentation,
+        _DB_DURATION_DOC,
         ("operation",),
         buckets,
     )
@@ -193,6 +197,7 @@ def metrics_layer(settings: ObservabilitySettings, lifecycle: Lifecycle) -> Laye
     use_buckets(settings.metrics_buckets)
     # Per process: the last instrument() call's limit applies to every app in it.
     endpoint_cap.limit = settings.metrics_max_endpoints
+    lifecycle.report_fast_path(_describe_prometheus)
     multiprocess_dir = _multiprocess_dir()
     if multiprocess_dir is not None and _values_in_memory():
         # The values of this process live in memory: aggregating the directory would
@@ -359,7 +364,7 @@ def instrument_sqlalchemy(engine: Any) -> Any:
         return engine
     _instrumented_engines.add(sync_engine)
     # The gauge's value increment, without Gauge.inc()'s per-call checks.
-    add = _fast_inc(db_connections_active)
+    add = _inc_of(db_connections_active)
 
     def on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         add(1)
@@ -418,14 +423,14 @@ def _observe_duration(operation: str, seconds: float) -> None:
     """
     histogram = db_query_duration_seconds
     try:
-        children = getattr(histogram, "_metrics", None)
-        if type(children) is not dict:
+        children = _children_of(histogram)
+        if children is None:
             histogram.labels(operation).observe(seconds)
             return
         series = _query_series.get(operation)
         if series is None or series[0] is not histogram or children.get(series[2]) is not series[1]:
             child = histogram.labels(operation)
-            series = (histogram, child, (operation,), fast_observe(child))
+            series = (histogram, child, (operation,), _observe_of(child))
             _query_series[operation] = series
         series[3](seconds)
     except Exception as exc:  # a measurement must never fail the query it measures

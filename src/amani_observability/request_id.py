@@ -231,7 +231,7 @@ def tag_exception(exc: BaseException, request_id: str) -> None:
     """Name the request on an escaping exception: the server logs it after our context is
     gone, and the JSON log filter reads the ID from here so that line names its request."""
     with contextlib.suppress(AttributeError):
-        exc._amani_request_id = request_id  # type: ignore[attr-defined]
+        exc.amani_request_id = request_id  # type: ignore[attr-defined]
 
 
 async def answer_missing_response(send: Send, header_pair: tuple[bytes, bytes]) -> None:

@@ -403,8 +403,8 @@ def _scope_fork_in_use() -> str:
     """Which scope fork requests use; checks it now rather than at the first request."""
     _blank()
     if _copy_scope is _SentryScope.__copy__:
-        return "Sentry scopes forked by Scope.__copy__"
-    return "Sentry scopes forked field by field"
+        return "sentry scopes off (sdk copy)"
+    return f"sentry scopes on (sentry-sdk {sentry_sdk.VERSION})"
 
 
 def enter_request_scopes(

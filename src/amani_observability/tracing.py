@@ -54,13 +54,15 @@ from ._asgi import (
 )
 from ._correlation import TraceIds
 from ._keepalive import sending_outside
-from ._light_span import (
+from ._otel_seam import (
     LightPipeline,
     LightSpan,
     attach_span,
     current_context,
+    describe,
     detach,
-    light_pipeline,
+    ignores_attributes,
+    light_decision,
     span_of,
 )
 from ._redaction import mask_userinfo, redactor_for
@@ -218,6 +220,7 @@ class _Tracing:
         self.early_attributes = True
         # The SDK-equivalent fast path for the server span, where the provider allows it.
         self.light: LightPipeline | None = None
+        self.light_off = "not started"  # why self.light is None
         self.provider: TracerProvider | None = None
         self.owned = False
         self.guard: ExportGuard | None = None
@@ -239,10 +242,13 @@ class _Tracing:
         if self.policy == "ignore":
             fields = set()
         self.fields = frozenset(name.lower().encode("latin-1") for name in fields)
-        self.early_attributes = not _ignores_attributes(getattr(provider, "sampler", None))
+        self.early_attributes = not ignores_attributes(getattr(provider, "sampler", None))
         self.tracer = provider.get_tracer(TRACER_NAME, __version__)
         # Only for the SDK's own samplers, which decide without the span's attributes.
-        self.light = None if self.early_attributes else light_pipeline(provider, self.tracer)
+        if self.early_attributes:
+            self.light, self.light_off = None, "sampler reads attributes"
+        else:
+            self.light, self.light_off = light_decision(provider, self.tracer)
         _active.provider = provider
         _correlation.set_trace_ids_getter(_current_trace_ids)
 
@@ -276,9 +282,7 @@ def tracing_layer(
     tracing = _Tracing(settings)
     lifecycle.on_startup(tracing.start)
     lifecycle.on_shutdown(tracing.stop)
-    lifecycle.report_fast_path(
-        lambda: "light server span" if tracing.light is not None else "SDK server span"
-    )
+    lifecycle.report_fast_path(lambda: describe(tracing.light, tracing.light_off))
     excluded = compile_paths(_excluded_paths(settings))
     return lambda inner: TracingMiddleware(inner, tracing=tracing, excluded=excluded)
 
@@ -551,47 +555,12 @@ def _end_attributes(
 
 
 def _set_attributes(span: Any, attributes: dict[str, Any]) -> None:
-    """span.set_attributes(), minus the SDK's per-value validation where it cannot matter.
-
-    Every value we set is a str or an int, which the SDK's cleaning returns unchanged
-    unless a value-length limit is configured; cleaning 12 values is the largest part of
-    a span's cost. When the SDK's span is not the shape we know, or a limit applies, the
-    public call does the work.
-    """
+    """The server span's attributes, set at its end: handed over as the middleware's own
+    dict to a light span, through the SDK's public call to any other."""
     if type(span) is LightSpan:
         span.own_attributes = attributes  # the middleware's own dict, built for this span
         return
-    store = getattr(span, "_attributes", None)
-    values = getattr(store, "_dict", None)
-    if (
-        type(values) is dict
-        and getattr(store, "max_value_len", 0) is None
-        and not getattr(store, "_immutable", True)
-        and len(values) + len(attributes) <= (getattr(store, "maxlen", None) or 0)
-    ):
-        values.update(attributes)
-    else:
-        span.set_attributes(attributes)
-
-
-def _ignores_attributes(sampler: object) -> bool:
-    """Whether the sampler decides without looking at span attributes (the SDK's own)."""
-    from opentelemetry.sdk.trace import sampling
-
-    if isinstance(sampler, sampling.ParentBased):
-        delegates = (
-            getattr(sampler, name, None)
-            for name in (
-                "_root",
-                "_remote_parent_sampled",
-                "_remote_parent_not_sampled",
-                "_local_parent_sampled",
-                "_local_parent_not_sampled",
-            )
-        )
-        return all(_ignores_attributes(delegate) for delegate in delegates)
-    # Exact types: a subclass may well look at the attributes.
-    return type(sampler) in (sampling.StaticSampler, sampling.TraceIdRatioBased)
+    span.set_attributes(attributes)
 
 
 _server_cache: dict[tuple[bytes | None, str], tuple[str | None, int | None]] = {}

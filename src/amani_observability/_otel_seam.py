@@ -1,11 +1,15 @@
-"""The request's SERVER span without the SDK's per-span machinery, where that is safe.
+"""Where the library reaches beneath OpenTelemetry's public API: the light server span.
 
-The SDK's `Span` takes locks, validates every attribute and keeps limits bookkeeping
-for each span: about two thirds of what one traced request costs. Our server span's
-attributes are known-good strings and integers, and the SDK's Batch and Simple span
-processors do nothing when a span starts, so when the provider is a plain SDK
-`TracerProvider` with only those processors, no attribute-length limit and one of the
-SDK's own samplers, we sample, keep the span's data in plain fields, and hand the
+Every use of a private name of opentelemetry-api or opentelemetry-sdk lives here. Each
+shortcut is taken only for the releases the test matrix runs (see _gates.py), is checked
+against the SDK at start-up on its whole result, and steps aside on any difference or
+error; start-up and requests never fail because of it.
+
+The SDK's `Span` takes locks, validates every attribute and keeps limits bookkeeping for
+each span. Our server span's attributes are known-good strings and integers, and the SDK's
+Batch and Simple span processors do nothing when a span starts, so when the provider is a
+plain SDK `TracerProvider` with only those processors, no attribute-length limit and one of
+the SDK's own samplers, we sample, keep the span's data in plain fields, and hand the
 processors a `ReadableSpan` at the end: what the exporter receives is the same.
 
 The same checks let three more per-span steps be done once: a root span's sampling
@@ -13,8 +17,7 @@ decision is computed the way the SDK's own samplers compute it (`ParentBased` ov
 ratio or a constant), the span context is built without re-validating ids the SDK's
 random generator made, and a span ending goes straight into the batch processor's
 queue. `LightSpan` is itself the `ReadableSpan` the processors receive, as the SDK's
-own span used to be. Each shortcut is checked against the SDK at start-up and left out
-where the two disagree.
+own span used to be.
 
 `LightSpan` is a full recording span for the code that runs during the request:
 `add_span_attributes()`, `set_attribute()`, events, links, status and child spans all
@@ -59,6 +62,7 @@ from opentelemetry.trace.span import DEFAULT_TRACE_STATE, TraceState
 from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util.types import Attributes, AttributeValue
 
+from ._gates import installed, tested
 from ._tracing_export import CountingBatchSpanProcessor
 
 logger = logging.getLogger("amani_observability.tracing")
@@ -77,15 +81,18 @@ _PASSIVE_PROCESSORS = (BatchSpanProcessor, CountingBatchSpanProcessor, SimpleSpa
 # the default ContextVarsRuntimeContext (OTEL_PYTHON_CONTEXT unset): reading and setting
 # that variable directly is what get_current(), attach() and detach() do, minus two to
 # four Python calls each. Any other runtime context goes through the API.
+_API_TESTED = tested("opentelemetry-api")
 _runtime_context = getattr(otel_context, "_RUNTIME_CONTEXT", None)
 _context_var: ContextVar[Context] | None = (
     getattr(_runtime_context, "_current_context", None)
-    if type(_runtime_context).__name__ == "ContextVarsRuntimeContext"
+    if _API_TESTED and type(_runtime_context).__name__ == "ContextVarsRuntimeContext"
     else None
 )
 if not isinstance(_context_var, ContextVar):
     _context_var = None
-_SPAN_KEY: str | None = getattr(otel_propagation, "_SPAN_KEY", None)
+_SPAN_KEY: str | None = getattr(otel_propagation, "_SPAN_KEY", None) if _API_TESTED else None
+if not isinstance(_SPAN_KEY, str):
+    _SPAN_KEY = None
 
 
 def reads_context_var() -> bool:
@@ -235,23 +242,55 @@ class LightPipeline:
 
 
 def light_pipeline(provider: object, tracer: object) -> LightPipeline | None:
-    """The fast pipeline for this provider, or None where only the SDK's Span is right.
+    """The fast pipeline for this provider, or None where only the SDK's Span is right."""
+    return light_decision(provider, tracer)[0]
 
-    Never raises: an SDK whose internals or behaviour differ from the ones checked here
-    gets its own Span.
+
+def light_decision(provider: object, tracer: object) -> tuple[LightPipeline | None, str]:
+    """(the fast pipeline or None, why it is off); never raises.
+
+    An SDK whose release, internals or behaviour differ from the ones checked here gets
+    its own Span.
     """
+    if not tested("opentelemetry-sdk"):
+        return None, f"opentelemetry-sdk {installed('opentelemetry-sdk')} is not a tested release"
     try:
         pipeline = _pipeline_for(provider, tracer)
         if pipeline is None:
-            return None
+            return None, "provider set-up"
         differences = _differences_from_sdk(provider, tracer, pipeline)
     except Exception:
         logger.info("light server span off: could not check it against the SDK", exc_info=True)
-        return None
+        return None, "self-check failed"
     if differences:
         logger.info(LIGHT_SPAN_DIFFERS, ", ".join(differences))
-        return None
-    return pipeline
+        return None, f"differs from the SDK in {', '.join(differences)}"
+    return pipeline, ""
+
+
+def describe(pipeline: LightPipeline | None, reason: str) -> str:
+    """The start-up line's words: `otel span on (opentelemetry-sdk 1.45.2)` or why off."""
+    if pipeline is not None:
+        return f"otel span on (opentelemetry-sdk {installed('opentelemetry-sdk')})"
+    return f"otel span off ({reason})"
+
+
+def ignores_attributes(sampler: object) -> bool:
+    """Whether the sampler decides without looking at span attributes (the SDK's own)."""
+    if isinstance(sampler, ParentBased):
+        delegates = (
+            getattr(sampler, name, None)
+            for name in (
+                "_root",
+                "_remote_parent_sampled",
+                "_remote_parent_not_sampled",
+                "_local_parent_sampled",
+                "_local_parent_not_sampled",
+            )
+        )
+        return all(ignores_attributes(delegate) for delegate in delegates)
+    # Exact types: a subclass may well look at the attributes.
+    return type(sampler) in (StaticSampler, TraceIdRatioBased)
 
 
 LIGHT_SPAN_DIFFERS = "light server span off: it differs from the SDK's span in %s"
@@ -626,4 +665,12 @@ class LightSpan(trace.Span, ReadableSpan):
         return f'LightSpan(name="{self._name}", context={self._context})'
 
 
-__all__ = ["LightPipeline", "LightSpan", "light_pipeline", "span_record"]
+__all__ = [
+    "LightPipeline",
+    "LightSpan",
+    "describe",
+    "ignores_attributes",
+    "light_decision",
+    "light_pipeline",
+    "span_record",
+]
