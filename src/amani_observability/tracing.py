@@ -53,6 +53,7 @@ from ._asgi import (
     compile_paths,
 )
 from ._correlation import TraceIds
+from ._fastapi_seam import quiet_fastapi_tracing
 from ._keepalive import sending_outside
 from ._otel_seam import (
     LightPipeline,
@@ -310,7 +311,7 @@ class TracingMiddleware:
             if scope_type == "lifespan":
                 # Before start-up registers the global provider, so that FastAPI's native
                 # telemetry never sees it switched on for this app.
-                _quiet_fastapi_tracing(scope.get("app"))
+                quiet_fastapi_tracing(scope.get("app"))
             await self.app(scope, receive, send)
             return
         # The context before the span is made current, for the final send.
@@ -371,7 +372,7 @@ class TracingMiddleware:
         if app is not self._quieted:
             # The lifespan did not pass through us (instrument() on a running app, or a
             # test driving app.router.lifespan_context): quiet FastAPI's span from now on.
-            _quiet_fastapi_tracing(app)
+            quiet_fastapi_tracing(app)
             self._quieted = app
         native = scope.get("fastapi.telemetry")
         if native is not None and getattr(native, "span", None) is not None:
@@ -602,20 +603,6 @@ def _normal_close(exc: BaseException) -> bool:
         1000,
         1001,
     )
-
-
-def _quiet_fastapi_tracing(app: object) -> None:
-    """Switch off FastAPI's native request span for an app we trace ourselves.
-
-    FastAPI (0.165 here) opens its own SERVER span (and operation spans under it) as soon
-    as a global TracerProvider exists, outside our middleware: every request would get
-    two server spans and pay twice. This is the documented `FastAPI(telemetry={"tracing":
-    False})` setting, applied to an app that was built without it.
-    """
-    config = getattr(app, "_telemetry", None)
-    if isinstance(config, dict) and config.get("tracing"):
-        config["tracing"] = False
-        logger.debug("switched off FastAPI's native request spans: ours replace them")
 
 
 # --- provider set-up and shutdown -----------------------------------------------------------

@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.support import OTLPReceiver, UvicornProcess
+from tests.test_light_span import sdk_root_flags
 
 pytestmark = pytest.mark.integration
 
@@ -45,8 +46,10 @@ def serve_traced(policy: str, tmp_path: Path) -> tuple[list[Any], list[httpx.Res
 
 
 def traceresponse_of(span: Any) -> str:
-    # Sampled at TRACING_SAMPLE_RATE=1; OTLP does not carry the W3C flags, so 01 is spelt out.
-    return f"00-{span.trace_id.hex()}-{span.span_id.hex()}-01"
+    # Sampled at TRACING_SAMPLE_RATE=1; OTLP does not carry the W3C flags, so they are spelt
+    # out: the caller's 01 where its trace continues, else the SDK's own for a new trace.
+    flags = "01" if span.trace_id.hex() == TRACE_ID else f"{sdk_root_flags():02x}"
+    return f"00-{span.trace_id.hex()}-{span.span_id.hex()}-{flags}"
 
 
 def links_of(span: Any) -> list[tuple[str, str]]:
