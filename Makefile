@@ -63,6 +63,8 @@ test-floors: $(FLOORS)/.installed
 # whether all of them met theirs. Results: benchmarks/results/*.json, docs/performance.png.
 bench: $(VENV)/.installed-bench
 	@missed=""; \
+	echo "== the benchmark apps do what they claim (tests marked bench)"; \
+	$(PY) -m pytest -q -m bench tests/test_benchmark_apps.py || missed="$$missed bench-apps"; \
 	echo "== overhead per request (in-process harness)"; \
 	$(PY) -m benchmarks.run || missed="$$missed harness"; \
 	echo "== plot"; \
