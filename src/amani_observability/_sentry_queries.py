@@ -68,8 +68,8 @@ def record_queries(on: bool) -> None:
         return
     # On the Dialect class: every engine, made before or after this call. At the dialect,
     # not with the Connection's before_cursor_execute as the SDK listens: a Connection
-    # event makes every Connection dispatch all of its events (about 40 us a query on
-    # SQLite), where a dialect event is one loop. These listeners run before any
+    # event makes every Connection dispatch all of its events on every query, where a
+    # dialect event is one loop. These listeners run before any
     # engine's own (class-level listeners come first) and leave the execution to them.
     event.listen(Dialect, "do_execute", record_query)
     event.listen(Dialect, "do_executemany", record_executemany)

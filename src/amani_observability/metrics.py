@@ -378,8 +378,8 @@ def instrument_sqlalchemy(engine: Any) -> Any:
 
     # The queries are timed at the dialect, not with the Connection's
     # before/after_cursor_execute: one listener there makes every Connection of the
-    # engine dispatch all of its events, about 40 us per query on SQLite, where the
-    # dialect's events cost a loop over this one listener.
+    # engine dispatch all of its events on every query, where the dialect's events cost
+    # a loop over this one listener (docs/performance.md has the figures).
     dialect = sync_engine.dialect
 
     def timing(run: Callable[..., Any]) -> Callable[..., bool]:

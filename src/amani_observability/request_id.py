@@ -50,8 +50,8 @@ request_id_var: ContextVar[str | None] = ContextVar("amani_request_id", default=
 _INTERNAL_ERROR_BODY = b"Internal Server Error"
 
 
-# IDs are drawn 64 at a time: one 8192-bit number, formatted once and sliced, saves
-# about 1,000 instructions per ID over formatting each one alone (callgrind). A forked
+# IDs are drawn 64 at a time: one 8192-bit number, formatted once and sliced, is
+# cheaper than formatting each ID alone (docs/performance.md). A forked
 # worker drops the IDs it inherited, so that no two workers hand out the same ones.
 _IDS_PER_DRAW = 64
 _drawn_ids: list[str] = []

@@ -377,7 +377,7 @@ class SentryMiddleware:
 # What every request's scopes are forked from: two blank scopes, made once per process and
 # never made current themselves, so nothing accumulates on them. Not the scopes of the
 # context the request runs in: under uvicorn that is a copy of the server's context, which
-# has none (the SDK would then build two new Scopes per request, ~40 us, before we fork
+# has none (the SDK would then build two new Scopes per request before we fork
 # them), or one that start-up log lines filled with breadcrumbs (each fork would copy
 # them). Data meant for every request belongs on the global scope, which events still get.
 _blank_scopes: tuple[_SentryScope, _SentryScope] | None = None
