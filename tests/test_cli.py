@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from amani_observability._sentry_fork import SCOPE_FIELDS_KNOWN
 from amani_observability._startup import SUMMARY_PREFIX
 from amani_observability.assets import (
     KUBERNETES_FILES,
@@ -313,12 +312,7 @@ def test_check_prints_the_start_up_summary_and_env_name_typos(
         f"Sentry to 127.0.0.1:{listener} (environment development); alert channels: none; "
         # tests/conftest.py raises LOOP_STALL_SECONDS for every test
         "loop monitor every 0.25 s, stalls from 60 s; fast paths: "
-        f"prometheus on (prometheus-client {version('prometheus-client')}), "
-        + (
-            f"sentry scopes on (sentry-sdk {version('sentry-sdk')})"
-            if SCOPE_FIELDS_KNOWN
-            else "sentry scopes off (sdk copy)"
-        ),
+        f"prometheus on (prometheus-client {version('prometheus-client')})",
         "WARN  Environment variable SENTRY_DNS is not a setting; did you mean SENTRY_DSN? "
         "It is ignored",
         "",

@@ -158,7 +158,7 @@ def messages_into(messages: list[dict[str, Any]]) -> Any:
 
 
 @pytest.mark.parametrize("through", ["stack", "layered"])
-async def test_a_renamed_sentry_scope_slot_costs_the_request_scopes_not_the_request(
+async def test_a_failing_sentry_scope_copy_costs_the_request_scopes_not_the_request(
     sentry_server: SentryStandIn,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,

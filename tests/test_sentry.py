@@ -30,7 +30,6 @@ from amani_observability import sentry as sentry_module
 from amani_observability._correlation import current_trace_ids
 from amani_observability._own_traffic import own_traffic
 from amani_observability._redaction import redactor_for
-from amani_observability._sentry_fork import SCOPE_FIELDS_KNOWN, fork_scope
 from amani_observability._sentry_seam import trace_bridge, unbridge_traces
 from amani_observability._startup import SUMMARY_PREFIX
 from amani_observability.sentry import (
@@ -680,8 +679,8 @@ async def test_requests_get_the_global_scope_but_not_the_servers_breadcrumbs(
 
 def test_request_scopes_are_independent_copies_of_the_blank_scopes() -> None:
     blanks = sentry_module._blank()
-    # Checked against Scope.__copy__ first; where Scope has other fields, it is that.
-    assert sentry_module._copy_scope is (fork_scope if SCOPE_FIELDS_KNOWN else Scope.__copy__)
+    # The SDK's own copy, what Scope.fork() and copy.copy() run.
+    assert sentry_module._copy_scope is Scope.__copy__
     for blank in blanks:
         first, second = sentry_module._copy_scope(blank), sentry_module._copy_scope(blank)
         assert (type(first), first._type) == (Scope, blank._type)

@@ -11,7 +11,6 @@ import sentry_sdk
 from starlette.applications import Starlette
 
 from amani_observability import ObservabilitySettings, _instrument, instrument
-from amani_observability._sentry_fork import SCOPE_FIELDS_KNOWN
 from amani_observability._startup import (
     ENV_TYPO,
     GUNICORN_PRELOAD,
@@ -132,12 +131,7 @@ async def test_each_worker_logs_one_summary_line_at_start_up(
             "Sentry to 127.0.0.1:9 (environment production); "
             "alert channels: slack, pagerduty; loop monitor every 0.25 s, stalls from 0.5 s; "
             f"fast paths: prometheus on (prometheus-client {version('prometheus-client')}), "
-            + (
-                f"sentry scopes on (sentry-sdk {version('sentry-sdk')}), "
-                if SCOPE_FIELDS_KNOWN
-                else "sentry scopes off (sdk copy), "
-            )
-            + f"otel span on (opentelemetry-sdk {version('opentelemetry-sdk')}), one-layer stack",
+            f"otel span on (opentelemetry-sdk {version('opentelemetry-sdk')}), one-layer stack",
         )
     ]
     for secret in SECRETS:

@@ -26,7 +26,6 @@ def fast_paths() -> list[FastPath]:
     from . import _otel_seam
     from ._prometheus_seam import histogram_parts
     from ._routes import ROUTER_SETS_ROUTE
-    from ._sentry_fork import SCOPE_FIELDS_KNOWN
     from ._sentry_seam import NATIVE_TRACE_BRIDGE
 
     provider = TracerProvider(sampler=ALWAYS_ON)
@@ -44,7 +43,6 @@ def fast_paths() -> list[FastPath]:
     fast_context = pipeline is not None and pipeline.fast_context
     return [
         ("Starlette router names the route (scope['route'])", ROUTER_SETS_ROUTE, "starlette"),
-        ("Sentry scopes forked field by field", SCOPE_FIELDS_KNOWN, "sentry-sdk"),
         ("Sentry takes the OpenTelemetry trace natively", NATIVE_TRACE_BRIDGE, "sentry-sdk"),
         ("OpenTelemetry context read from its ContextVar", _otel_seam.reads_context_var(), api),
         ("OpenTelemetry light server span", pipeline is not None, sdk),
@@ -63,7 +61,7 @@ def fast_paths() -> list[FastPath]:
 
 
 def described() -> list[str]:
-    """fast_paths() as lines: `on  Sentry scopes forked field by field (sentry-sdk 2.76.0)`."""
+    """fast_paths() as lines: `on  OpenTelemetry light server span (opentelemetry-sdk 1.45.2)`."""
     return [
         f"{'on ' if on else 'off'} {what} ({package} {_version(package)})"
         for what, on, package in fast_paths()

@@ -632,10 +632,6 @@ def _fast_paths_here(settings: ObservabilitySettings) -> list[str]:
         from ._prometheus_seam import describe as describe_prometheus
 
         found.append(describe_prometheus())
-    if settings.sentry_dsn is not None:
-        from .sentry import _scope_fork_in_use
-
-        found.append(_scope_fork_in_use())
     if settings.tracing_enabled:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import SimpleSpanProcessor

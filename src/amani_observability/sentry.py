@@ -41,7 +41,6 @@ from ._keepalive import sending_outside
 from ._own_traffic import is_own_traffic
 from ._redaction import REDACTED, Redactor, redactor_for
 from ._routes import RouteEntry, route_entry, route_template
-from ._sentry_fork import ScopeCopier, scope_copier
 from ._sentry_losses import LossCountingTransport
 from ._sentry_losses import wants_ours as wants_our_transport
 from ._sentry_queries import (
@@ -269,7 +268,6 @@ def sentry_layer(settings: ObservabilitySettings, lifecycle: Lifecycle) -> Layer
 
     lifecycle.on_startup(start)
     lifecycle.on_shutdown(flush_sentry)
-    lifecycle.report_fast_path(_scope_fork_in_use)
     transactions = settings.sentry_traces_sample_rate > 0
     excluded = _policy_from(settings).excluded_path
 
@@ -381,15 +379,14 @@ class SentryMiddleware:
 # them), or one that start-up log lines filled with breadcrumbs (each fork would copy
 # them). Data meant for every request belongs on the global scope, which events still get.
 _blank_scopes: tuple[_SentryScope, _SentryScope] | None = None
-# How a request's scope is forked from a blank one: Scope.__copy__ until _blank() has
-# checked the faster fork_scope against it (see _sentry_fork.py).
-_copy_scope: ScopeCopier = _SentryScope.__copy__
+# How a request's scope is forked from a blank one: the SDK's own copy, what Scope.fork()
+# and copy.copy() run, called without their extra call.
+_copy_scope: Callable[[_SentryScope], _SentryScope] = _SentryScope.__copy__
 
 
 def _blank() -> tuple[_SentryScope, _SentryScope]:
-    global _blank_scopes, _copy_scope
+    global _blank_scopes
     if _blank_scopes is None:
-        _copy_scope = scope_copier()
         current = _SentryScope(ty=ScopeType.CURRENT)
         # The current scope's own propagation context would win over the request's:
         # clear() drops it, so events and outgoing sentry-trace headers use the isolation
@@ -397,14 +394,6 @@ def _blank() -> tuple[_SentryScope, _SentryScope]:
         current.clear()
         _blank_scopes = (_SentryScope(ty=ScopeType.ISOLATION), current)
     return _blank_scopes
-
-
-def _scope_fork_in_use() -> str:
-    """Which scope fork requests use; checks it now rather than at the first request."""
-    _blank()
-    if _copy_scope is _SentryScope.__copy__:
-        return "sentry scopes off (sdk copy)"
-    return f"sentry scopes on (sentry-sdk {sentry_sdk.VERSION})"
 
 
 def enter_request_scopes(
