@@ -38,7 +38,7 @@ def alert_submit_per_request() -> Any:
     from amani_observability import instrument
     from amani_observability.alerts import get_dispatcher
 
-    app = FastAPI()
+    app = FastAPI(telemetry={"tracing": False})
 
     @app.get("/items/{item_id}")
     async def read_item(item_id: int) -> dict[str, int]:

@@ -31,9 +31,8 @@ OURS = "+ amani full stack"
 
 def instrument_fully(app: Any, *, access_log: bool = False) -> Any:
     """`app` under the whole stack, as the row measures it."""
-    from amani_observability import ObservabilitySettings, instrument, tracing
+    from amani_observability import ObservabilitySettings, instrument
 
-    tracing._injected_provider = provider()
     settings = ObservabilitySettings(
         tracing_enabled=True,
         sentry_dsn=DSN,
@@ -42,7 +41,7 @@ def instrument_fully(app: Any, *, access_log: bool = False) -> Any:
         log_json=False,
         access_log_enabled=access_log,
     )
-    return instrument(app, settings)
+    return instrument(app, settings, tracer_provider=provider())
 
 
 def _ours(*, access_log: bool) -> Any:

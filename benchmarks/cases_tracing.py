@@ -43,10 +43,8 @@ def provider() -> Any:
 
 
 def ours() -> Any:
-    from amani_observability import ObservabilitySettings, instrument, tracing
+    from amani_observability import ObservabilitySettings, instrument
 
-    # The internal hook: use this provider and leave OpenTelemetry's global alone.
-    tracing._injected_provider = provider()
     # Tracing alone: request IDs, access log and metrics off, as the peer has none.
     settings = ObservabilitySettings(
         tracing_enabled=True,
@@ -55,7 +53,8 @@ def ours() -> Any:
         request_id_enabled=False,
         access_log_enabled=False,
     )
-    return instrument(bare_app(), settings)
+    # This provider, not registered: OpenTelemetry's global stays alone.
+    return instrument(bare_app(), settings, tracer_provider=provider())
 
 
 def theirs() -> Any:

@@ -38,7 +38,7 @@ class Case:
 def bare_app() -> Any:
     from fastapi import FastAPI
 
-    app = FastAPI()
+    app = FastAPI(telemetry={"tracing": False})
 
     @app.get("/items/{item_id}")
     async def read_item(item_id: int) -> dict[str, int]:

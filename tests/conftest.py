@@ -102,18 +102,16 @@ def _reset_metrics() -> None:
 
 
 @pytest.fixture
-def exporter(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """An in-memory exporter behind an injected provider (OpenTelemetry's global untouched)."""
+def exporter() -> Any:
+    """An in-memory exporter behind `exporter.provider`, for instrument(tracer_provider=...)
+    (OpenTelemetry's global provider untouched)."""
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from amani_observability import tracing
-
     memory = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    monkeypatch.setattr(tracing, "_injected_provider", provider)
+    memory.provider = TracerProvider()  # type: ignore[attr-defined]
+    memory.provider.add_span_processor(SimpleSpanProcessor(memory))  # type: ignore[attr-defined]
     return memory
 
 

@@ -27,7 +27,6 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 from sentry_sdk.scope import Scope
 
-from amani_observability import tracing
 from benchmarks import cases_stack, server_apps
 from tests.conftest import lifespan
 
@@ -35,9 +34,8 @@ OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
 @pytest.fixture(autouse=True)
-def restore_globals(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The apps set tracing's provider hook and start a Sentry client: undo both."""
-    monkeypatch.setattr(tracing, "_injected_provider", None)
+def restore_globals() -> Iterator[None]:
+    """The apps start a Sentry client: undo it."""
     yield
     sentry_sdk.get_global_scope().set_client(None)
     for scope in (
@@ -126,7 +124,7 @@ def memory_provider() -> tuple[TracerProvider, InMemorySpanExporter]:
 
 async def test_public_api_floor_does_the_whole_stacks_work_through_public_apis() -> None:
     isolation_scopes: list[Scope] = []
-    app = FastAPI()
+    app = FastAPI(telemetry={"tracing": False})
 
     @app.get("/items/{item_id}")
     async def read_item(item_id: int) -> dict[str, int]:

@@ -22,19 +22,18 @@ OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
 @pytest.fixture(params=[ALWAYS_ON], ids=["sampled"])
-def spans(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> InMemorySpanExporter:
+def spans(request: pytest.FixtureRequest) -> InMemorySpanExporter:
     """A service-provided TracerProvider recording finished spans in memory."""
-    from amani_observability import tracing
 
     memory = InMemorySpanExporter()
     provider = TracerProvider(sampler=request.param)
     provider.add_span_processor(SimpleSpanProcessor(memory))
-    monkeypatch.setattr(tracing, "_injected_provider", provider)
+    memory.provider = provider  # type: ignore[attr-defined]
     return memory
 
 
 def make_app() -> FastAPI:
-    app = FastAPI()
+    app = FastAPI(telemetry={"tracing": False})
     log = logging.getLogger("app.correlation")
 
     @app.get("/items/{item_id}")
@@ -51,6 +50,7 @@ async def test_duration_exemplar_and_log_lines_carry_the_server_spans_ids(
     app = instrument(
         make_app(),
         ObservabilitySettings(tracing_enabled=True, tracing_exporter="none"),
+        tracer_provider=spans.provider,  # type: ignore[attr-defined]
     )
     stream = io.StringIO()
     configure_logging(ObservabilitySettings(), stream=stream)
@@ -89,7 +89,9 @@ async def test_duration_exemplar_and_log_lines_carry_the_server_spans_ids(
 @pytest.mark.parametrize("spans", [ALWAYS_OFF], ids=["unsampled"], indirect=True)
 async def test_an_unsampled_request_has_no_exemplar(spans: InMemorySpanExporter) -> None:
     app = instrument(
-        make_app(), ObservabilitySettings(tracing_enabled=True, tracing_exporter="none")
+        make_app(),
+        ObservabilitySettings(tracing_enabled=True, tracing_exporter="none"),
+        tracer_provider=spans.provider,  # type: ignore[attr-defined]
     )
     transport = httpx.ASGITransport(app=app)
     async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://t") as client:

@@ -13,7 +13,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from amani_observability import ConfigurationError, ObservabilitySettings, instrument
-from amani_observability._instrument import Lifecycle, _LifespanMiddleware
+from amani_observability._lifecycle import Lifecycle, LifespanMiddleware
 from tests.conftest import lifespan
 from tests.support import LifespanDriver, call_asgi, http_scope, response_headers
 
@@ -25,7 +25,7 @@ async def hello(request: Request) -> PlainTextResponse:
 
 
 def test_starlette_and_fastapi_apps_are_changed_in_place() -> None:
-    for app in (Starlette(), FastAPI()):
+    for app in (Starlette(), FastAPI(telemetry={"tracing": False})):
         assert instrument(app, SETTINGS) is app
 
 
@@ -132,7 +132,7 @@ async def test_bare_apps_without_lifespan_support_still_get_hooks() -> None:
         events.append("stop")
 
     lifecycle.on_shutdown(stop)
-    driver = LifespanDriver(_LifespanMiddleware(no_lifespan, lifecycle))
+    driver = LifespanDriver(LifespanMiddleware(no_lifespan, lifecycle))
     await driver.startup()
     await driver.shutdown()
     assert events == ["start", "stop"]

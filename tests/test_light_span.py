@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
-from amani_observability import ObservabilitySettings, instrument, tracing
+from amani_observability import ObservabilitySettings, instrument
 from amani_observability._otel_seam import (
     LightSpan,
     _root_decision,
@@ -43,7 +43,7 @@ class SDKSpanProcessor(SimpleSpanProcessor):
 
 
 def make_app(seen: list[str]) -> FastAPI:
-    app = FastAPI()
+    app = FastAPI(telemetry={"tracing": False})
 
     @app.get("/orders/{order_id}")
     async def order(order_id: str) -> dict[str, str]:
@@ -72,7 +72,6 @@ async def export(
     memory = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(processor_type(memory))
-    monkeypatch.setattr(tracing, "_injected_provider", provider)
     seen: list[str] = []
     settings = ObservabilitySettings(
         tracing_enabled=True,
@@ -80,7 +79,7 @@ async def export(
         trace_context_policy=policy,
         trace_response_header=True,
     )
-    app = instrument(make_app(seen), settings)
+    app = instrument(make_app(seen), settings, tracer_provider=provider)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     flags: list[str] = []
     async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from amani_observability import ObservabilitySettings, configure_logging, instrument, tracing
+from amani_observability import ObservabilitySettings, configure_logging, instrument
 from amani_observability._losses import KNOWN_LOSSES, dropped_counter
 from amani_observability._tracing_export import CountingBatchSpanProcessor, ExportGuard
 from amani_observability.sentry import init_sentry
@@ -68,7 +68,6 @@ async def test_spans_a_full_batch_queue_drops_are_counted(
     processor = CountingBatchSpanProcessor(ExportGuard(exporter, "the test"), 4)
     provider = TracerProvider()
     provider.add_span_processor(processor)
-    monkeypatch.setattr(tracing, "_injected_provider", provider)
 
     async def page(request: Request) -> PlainTextResponse:
         return PlainTextResponse("ok")
@@ -76,6 +75,7 @@ async def test_spans_a_full_batch_queue_drops_are_counted(
     app = instrument(
         Starlette(routes=[Route("/page", page)]),
         ObservabilitySettings(tracing_enabled=True, metrics_enabled=False),
+        tracer_provider=provider,
     )
     tracer = provider.get_tracer("test")
     async with lifespan(app):

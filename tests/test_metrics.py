@@ -264,7 +264,7 @@ from amani_observability import ObservabilitySettings, instrument
 from tests.support import LifespanDriver
 
 BUSINESS = ("escrow_transactions_total", "user_registrations_total", "kyc_submissions_total")
-app = FastAPI()
+app = FastAPI(telemetry={"tracing": False})
 instrument(app, ObservabilitySettings(log_json=False, access_log_enabled=False))
 
 async def scrape():

@@ -68,7 +68,7 @@ def in_progress_total() -> float:
 
 
 def build_app(**values: Any) -> FastAPI:
-    app = FastAPI()
+    app = FastAPI(telemetry={"tracing": False})
     api = APIRouter(prefix="/api/v1")
     seen_in_background: list[float] = []
     app.state.seen_in_background = seen_in_background
@@ -103,7 +103,7 @@ def build_app(**values: Any) -> FastAPI:
         tasks.add_task(slow_task)
         return {"queued": "yes"}
 
-    sub = FastAPI()
+    sub = FastAPI(telemetry={"tracing": False})
 
     @sub.get("/things/{thing_id}")
     async def thing(thing_id: str) -> dict[str, str]:

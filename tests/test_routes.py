@@ -39,7 +39,7 @@ async def reply(request: Request) -> PlainTextResponse:
 
 def build_app(static_dir: Path) -> FastAPI:
     """One app with every kind of route a service has."""
-    app = FastAPI()
+    app = FastAPI(telemetry={"tracing": False})
 
     @app.get("/items/{item_id}")
     async def item(item_id: int) -> dict[str, int]:
@@ -59,7 +59,7 @@ def build_app(static_dir: Path) -> FastAPI:
     app.mount("/orgs/{org}", Router(routes=[Route("/projects/{pid}", reply)]))
     app.mount("/v2", Router(routes=[Mount("/teams/{team}", routes=[Route("/members", reply)])]))
     app.mount("/sub/{tenant}", Starlette(routes=[Route("/hello/{who}", reply)]))
-    things = FastAPI()
+    things = FastAPI(telemetry={"tracing": False})
     things.add_api_route("/things/{tid}", reply_api)
     app.mount("/api2", things)
     app.mount("/static", StaticFiles(directory=static_dir))
@@ -128,7 +128,11 @@ async def test_each_kind_of_route_is_labelled_and_named_by_its_full_template(
     sentry_server: SentryStandIn,
 ) -> None:
     path, headers, template, sends_event = ROUTE_KINDS[kind]
-    app = instrument(build_app(static_dir), settings(sentry_dsn=sentry_server.dsn))
+    app = instrument(
+        build_app(static_dir),
+        settings(sentry_dsn=sentry_server.dsn),
+        tracer_provider=exporter.provider,
+    )
     transport = httpx.ASGITransport(app=app)
     async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
         response = await c.get(path, headers=dict(headers))
@@ -147,7 +151,7 @@ async def test_each_kind_of_route_is_labelled_and_named_by_its_full_template(
 async def test_a_path_no_route_matches_is_unmatched_and_named_by_its_method(
     static_dir: Path, exporter: InMemorySpanExporter
 ) -> None:
-    app = instrument(build_app(static_dir), settings())
+    app = instrument(build_app(static_dir), settings(), tracer_provider=exporter.provider)
     transport = httpx.ASGITransport(app=app)
     async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
         response = await c.get("/nowhere/1")
@@ -161,7 +165,7 @@ async def test_a_path_no_route_matches_is_unmatched_and_named_by_its_method(
 async def test_a_websocket_route_names_its_span_by_its_template(
     static_dir: Path, exporter: InMemorySpanExporter
 ) -> None:
-    app = instrument(build_app(static_dir), settings())
+    app = instrument(build_app(static_dir), settings(), tracer_provider=exporter.provider)
     sent: list[dict[str, Any]] = []
     incoming = [{"type": "websocket.connect"}]
 

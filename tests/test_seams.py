@@ -24,7 +24,6 @@ from amani_observability import (
     _otel_seam,
     _prometheus_seam,
     instrument,
-    tracing,
 )
 from tests.conftest import lifespan
 from tests.test_light_span import comparable
@@ -68,7 +67,7 @@ async def measured(off: bool, monkeypatch: pytest.MonkeyPatch) -> dict[Any, floa
     """Requests through instrument(), the prometheus seam forced off or not: what changed."""
     if off:
         monkeypatch.setattr(_prometheus_seam, "tested", lambda package: False)
-    app = FastAPI()
+    app = FastAPI(telemetry={"tracing": False})
 
     @app.get("/items/{item_id}")
     async def item(item_id: int) -> dict[str, int]:
@@ -138,16 +137,17 @@ async def exported(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[dic
     memory = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(memory))
-    monkeypatch.setattr(tracing, "_injected_provider", provider)
     seen: list[str] = []
-    app = FastAPI()
+    app = FastAPI(telemetry={"tracing": False})
 
     @app.get("/items/{item_id}")
     async def item(item_id: int) -> dict[str, int]:
         seen.append(type(trace.get_current_span()).__name__)
         return {"item_id": item_id}
 
-    instrument(app, ObservabilitySettings(tracing_enabled=True, log_json=False))
+    instrument(
+        app, ObservabilitySettings(tracing_enabled=True, log_json=False), tracer_provider=provider
+    )
     transport = httpx.ASGITransport(app=app)
     async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
         await c.get("/items/1", headers={"X-Request-ID": "r-1"})

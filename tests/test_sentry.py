@@ -89,7 +89,7 @@ def flush() -> None:
 
 
 def make_app() -> FastAPI:
-    app = FastAPI()
+    app = FastAPI(telemetry={"tracing": False})
 
     @app.get("/items/{item_id}")
     async def read_item(item_id: int) -> dict[str, int]:
@@ -368,7 +368,7 @@ async def test_secrets_in_long_bodies_models_and_mappings_reach_no_envelope(
 ) -> None:
     """Bytes too long for the SDK's value limit, a model's repr() and a Mapping that is no
     dict would all show their secrets; REDACT_KEYS adds a name of the service's own."""
-    app = FastAPI()
+    app = FastAPI(telemetry={"tracing": False})
 
     @app.post("/login")
     async def login(request: Request) -> dict[str, str]:
@@ -537,7 +537,7 @@ async def test_200_concurrent_failing_requests_keep_their_own_user_and_request_i
     settings = settings_for(sentry_server.dsn)
     # Started directly (no lifespan) so the queue can hold the burst of 200 events.
     init_sentry(settings, transport_queue_size=1000)
-    app = FastAPI()
+    app = FastAPI(telemetry={"tracing": False})
     total = 200
     arrived = 0
     everyone_in = asyncio.Event()
@@ -700,14 +700,13 @@ async def test_events_carry_the_opentelemetry_trace_when_tracing_is_on(
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from amani_observability import tracing
-
     memory = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(memory))
-    monkeypatch.setattr(tracing, "_injected_provider", provider)
     app = instrument(
-        make_app(), settings_for(sentry_server.dsn, tracing_enabled=True, tracing_exporter="none")
+        make_app(),
+        settings_for(sentry_server.dsn, tracing_enabled=True, tracing_exporter="none"),
+        tracer_provider=provider,
     )
     async with serve(app) as client:
         await client.get("/items/0", headers={"X-Request-ID": "req-otel"})

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from sentry_sdk.scope import Scope
 
-from amani_observability import ObservabilitySettings, instrument, tracing
+from amani_observability import ObservabilitySettings, instrument
 from benchmarks import memory
 from tests.conftest import free_port
 
@@ -34,11 +34,10 @@ class DroppingExporter(SpanExporter):
 
 
 @pytest.fixture
-def provider(monkeypatch: pytest.MonkeyPatch) -> Iterator[TracerProvider]:
+def provider() -> Iterator[TracerProvider]:
     """100 % sampling through a batch processor, as in production, exporting nowhere."""
     tracer_provider = TracerProvider(shutdown_on_exit=False)
     tracer_provider.add_span_processor(BatchSpanProcessor(DroppingExporter()))
-    monkeypatch.setattr(tracing, "_injected_provider", tracer_provider)
     yield tracer_provider
     tracer_provider.shutdown()
 
@@ -55,8 +54,8 @@ def no_sentry_client() -> Iterator[None]:
         scope.clear()
 
 
-def full_stack() -> FastAPI:
-    app = FastAPI()
+def full_stack(tracer_provider: TracerProvider) -> FastAPI:
+    app = FastAPI(telemetry={"tracing": False})
 
     @app.get("/items/{item_id}")
     async def read_item(item_id: int) -> dict[str, int]:
@@ -68,14 +67,14 @@ def full_stack() -> FastAPI:
         log_json=False,
         access_log_enabled=False,
     )
-    return instrument(app, settings)
+    return instrument(app, settings, tracer_provider=tracer_provider)
 
 
 async def test_full_stack_keeps_series_and_rss_steady_under_random_paths_and_methods(
     provider: TracerProvider,
 ) -> None:
     result = await memory.run(
-        full_stack(), requests=REQUESTS, warmup=WARMUP, checkpoints=4, max_seconds=120
+        full_stack(provider), requests=REQUESTS, warmup=WARMUP, checkpoints=4, max_seconds=120
     )
 
     assert result["complete"] is True

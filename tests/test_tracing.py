@@ -43,7 +43,12 @@ from amani_observability._tracing_export import (
     SHUTDOWN_GAVE_UP,
 )
 from amani_observability.logs import configure_logging
-from amani_observability.tracing import REQUEST_ID_ATTRIBUTE, add_span_attributes, get_tracer
+from amani_observability.tracing import (
+    FASTAPI_SPAN_SEEN,
+    REQUEST_ID_ATTRIBUTE,
+    add_span_attributes,
+    get_tracer,
+)
 from tests.conftest import free_port, lifespan
 from tests.support import OTLPReceiver, http_scope, otlp_value
 
@@ -69,8 +74,8 @@ class Boom(Exception):
     pass
 
 
-def fastapi_app(**values: Any) -> FastAPI:
-    app = FastAPI()
+def fastapi_app(tracer_provider: TracerProvider | None = None, **values: Any) -> FastAPI:
+    app = FastAPI(telemetry={"tracing": False})
 
     @app.get("/items/{item_id}")
     async def read_item(item_id: int) -> dict[str, Any]:
@@ -101,13 +106,13 @@ def fastapi_app(**values: Any) -> FastAPI:
             logging.getLogger("tests.custom").info("inside the custom span")
         return {"ok": "yes"}
 
-    instrument(app, settings(**values))
+    instrument(app, settings(**values), tracer_provider=tracer_provider)
     return app
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    app = fastapi_app()
+async def client(exporter: InMemorySpanExporter) -> AsyncIterator[httpx.AsyncClient]:
+    app = fastapi_app(exporter.provider)  # type: ignore[attr-defined]
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
         yield c
@@ -200,7 +205,7 @@ async def test_a_5xx_response_is_an_error_typed_by_its_status_code(
 async def test_an_escaped_exception_is_recorded_and_reraised_unchanged(
     exporter: InMemorySpanExporter,
 ) -> None:
-    app = fastapi_app()
+    app = fastapi_app(exporter.provider)
     raised: list[BaseException] = []
 
     async def inner(scope: Any, receive: Any, send: Any) -> None:
@@ -234,7 +239,7 @@ async def test_an_unknown_method_is_other_with_the_original_kept(
         return PlainTextResponse("hello")
 
     app = Starlette(routes=[Route("/hello", hello)])
-    instrument(app, settings())
+    instrument(app, settings(), tracer_provider=exporter.provider)
     transport = httpx.ASGITransport(app=app)
     async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
         response = await c.request("PURGE", "/hello")
@@ -269,8 +274,7 @@ async def test_a_custom_sampler_sees_the_request_attributes_at_span_start(
     memory = InMemorySpanExporter()
     provider = TracerProvider(sampler=Recording())
     provider.add_span_processor(SimpleSpanProcessor(memory))
-    monkeypatch.setattr(tracing, "_injected_provider", provider)
-    app = fastapi_app()
+    app = fastapi_app(provider)
     transport = httpx.ASGITransport(app=app)
     async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
         await c.get("/items/5")
@@ -351,7 +355,7 @@ async def test_outgoing_httpx_calls_carry_the_traceparent(
     thread.start()
     downstream = f"http://127.0.0.1:{server.server_address[1]}/downstream"
 
-    app = FastAPI()
+    app = FastAPI(telemetry={"tracing": False})
 
     @app.get("/call")
     async def call() -> dict[str, int]:
@@ -359,7 +363,7 @@ async def test_outgoing_httpx_calls_carry_the_traceparent(
             answer = await outgoing.get(downstream)
         return {"status": answer.status_code}
 
-    instrument(app, settings())
+    instrument(app, settings(), tracer_provider=exporter.provider)
     transport = httpx.ASGITransport(app=app)
     try:
         async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
@@ -385,7 +389,7 @@ async def test_httpx_instrumentation_is_switched_off_at_shutdown(
 ) -> None:
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-    app = fastapi_app()
+    app = fastapi_app(exporter.provider)
     async with lifespan(app):
         assert HTTPXClientInstrumentor().is_instrumented_by_opentelemetry is True
     assert HTTPXClientInstrumentor().is_instrumented_by_opentelemetry is False
@@ -399,7 +403,7 @@ async def test_sqlalchemy_instrumentation_is_switched_on_or_skipped_with_one_inf
 
     instrumentor = SQLAlchemyInstrumentor()
     conflict = get_dependency_conflicts(instrumentor.instrumentation_dependencies())
-    app = fastapi_app()
+    app = fastapi_app(exporter.provider)
     caplog.set_level(logging.INFO)
     async with lifespan(app):
         switched_on = instrumentor.is_instrumented_by_opentelemetry
@@ -413,7 +417,7 @@ async def test_sqlalchemy_instrumentation_is_switched_on_or_skipped_with_one_inf
 
 
 async def test_concurrent_requests_keep_their_own_spans(exporter: InMemorySpanExporter) -> None:
-    app = fastapi_app()
+    app = fastapi_app(exporter.provider)
     transport = httpx.ASGITransport(app=app)
     trace_ids = [f"{index + 1:032x}" for index in range(40)]
     async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
@@ -448,7 +452,7 @@ async def test_excluded_paths_get_no_span(
 
 
 async def test_excluded_paths_come_from_settings(exporter: InMemorySpanExporter) -> None:
-    app = fastapi_app(tracing_excluded_paths="/items/.*")
+    app = fastapi_app(exporter.provider, tracing_excluded_paths="/items/.*")
     transport = httpx.ASGITransport(app=app)
     async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
         await c.get("/items/1")
@@ -459,7 +463,7 @@ async def test_excluded_paths_come_from_settings(exporter: InMemorySpanExporter)
 async def test_the_default_exclusion_follows_the_metrics_path(
     exporter: InMemorySpanExporter,
 ) -> None:
-    app = fastapi_app(metrics_path="/internal/metrics")
+    app = fastapi_app(exporter.provider, metrics_path="/internal/metrics")
     transport = httpx.ASGITransport(app=app)
     async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
         await c.get("/internal/metrics")
@@ -475,7 +479,7 @@ async def test_a_websocket_connection_is_one_span(exporter: InMemorySpanExporter
         await websocket.close()
 
     app = Starlette(routes=[WebSocketRoute("/ws/{room}", echo)])
-    instrument(app, settings())
+    instrument(app, settings(), tracer_provider=exporter.provider)
     incoming = [
         {"type": "websocket.connect"},
         {"type": "websocket.receive", "text": "hi"},
@@ -514,7 +518,7 @@ async def test_a_websocket_client_leaving_normally_is_not_an_error(
         await websocket.receive_text()  # the client leaves instead: WebSocketDisconnect
 
     app = Starlette(routes=[WebSocketRoute("/chat", chat)])
-    instrument(app, settings())
+    instrument(app, settings(), tracer_provider=exporter.provider)
     incoming = [{"type": "websocket.connect"}, {"type": "websocket.disconnect", "code": 1001}]
 
     async def receive() -> dict[str, Any]:
@@ -559,26 +563,32 @@ async def test_fastapi_native_telemetry_adds_no_second_server_span() -> None:
     "telemetry" not in inspect.signature(FastAPI.__init__).parameters,
     reason="this FastAPI opens no server span of its own (native telemetry is newer)",
 )
-async def test_a_request_fastapi_already_traced_gets_no_second_server_span() -> None:
-    """The lifespan driven directly: FastAPI traces the first request, ours the rest."""
-    app = fastapi_app(tracing_exporter="none")
+async def test_fastapis_own_server_span_replaces_ours_and_says_so_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An app built with FastAPI's tracing on: its span, none of ours, one warning."""
     memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    app = FastAPI(telemetry={"tracer_provider": provider, "operation_spans": False})
+
+    @app.get("/items/{item_id}")
+    async def read_item(item_id: int) -> dict[str, int]:
+        return {"item_id": item_id}
+
+    instrument(app, settings(), tracer_provider=provider)
     transport = httpx.ASGITransport(app=app)
-    async with app.router.lifespan_context(app):
-        provider = trace.get_tracer_provider()
-        assert isinstance(provider, TracerProvider)
-        provider.add_span_processor(SimpleSpanProcessor(memory))
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-            await c.get("/items/1")
-            await c.get("/items/2")
-    servers = [s for s in memory.get_finished_spans() if s.kind is SpanKind.SERVER]
+    with caplog.at_level(logging.WARNING, "amani_observability"):
+        async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            assert (await c.get("/items/1")).status_code == 200
+            assert (await c.get("/items/2")).status_code == 200
     assert [
-        (
-            s.instrumentation_scope and s.instrumentation_scope.name,
-            s.attributes and s.attributes["url.path"],
-        )
-        for s in servers
-    ] == [("fastapi", "/items/1"), ("amani_observability", "/items/2")]
+        (s.instrumentation_scope and s.instrumentation_scope.name, s.name, s.kind)
+        for s in memory.get_finished_spans()
+    ] == [("fastapi", "GET /items/{item_id}", SpanKind.SERVER)] * 2
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        FASTAPI_SPAN_SEEN
+    ]
 
 
 async def test_a_mounted_fastapi_app_opens_no_span_of_its_own() -> None:
@@ -587,13 +597,13 @@ async def test_a_mounted_fastapi_app_opens_no_span_of_its_own() -> None:
     provider.add_span_processor(SimpleSpanProcessor(memory))
     trace.set_tracer_provider(provider)
 
-    sub = FastAPI()
+    sub = FastAPI()  # its own tracing on: the scope key we set keeps it from opening a span
 
     @sub.get("/users/{user_id}")
     async def user(user_id: int) -> dict[str, int]:
         return {"user_id": user_id}
 
-    app = FastAPI()
+    app = FastAPI(telemetry={"tracing": False})
     app.mount("/v2", sub)
     instrument(app, settings(tracing_excluded_paths="/v2/users/0"))
     transport = httpx.ASGITransport(app=app)
@@ -642,7 +652,7 @@ async def test_inner_layers_see_the_server_spans_ids_through_the_seam(
         return PlainTextResponse("ok")
 
     app = Starlette(routes=[Route("/pay", endpoint)])
-    instrument(app, settings())
+    instrument(app, settings(), tracer_provider=exporter.provider)
     transport = httpx.ASGITransport(app=app)
     async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
         await c.get("/pay", headers={"traceparent": TRACEPARENT})
@@ -658,8 +668,8 @@ def test_add_span_attributes_outside_a_span_does_nothing() -> None:
 async def test_the_correlation_getter_lives_from_startup_to_shutdown(
     exporter: InMemorySpanExporter,
 ) -> None:
-    app = fastapi_app()
-    tracer = trace.get_tracer("probe", tracer_provider=tracing._injected_provider)
+    app = fastapi_app(exporter.provider)
+    tracer = trace.get_tracer("probe", tracer_provider=exporter.provider)
     assert _correlation._getter is _correlation._no_trace
     async with lifespan(app):
         with tracer.start_as_current_span("probe") as span:
@@ -674,8 +684,7 @@ async def test_the_correlation_getter_lives_from_startup_to_shutdown(
 
 async def test_unsampled_spans_give_no_trace_ids(monkeypatch: pytest.MonkeyPatch) -> None:
     provider = TracerProvider(sampler=ALWAYS_OFF)
-    monkeypatch.setattr(tracing, "_injected_provider", provider)
-    app = fastapi_app()
+    app = fastapi_app(provider)
     async with lifespan(app):
         with get_tracer("probe").start_as_current_span("not sampled"):
             assert _correlation.current_trace_ids() is None
@@ -684,7 +693,7 @@ async def test_unsampled_spans_give_no_trace_ids(monkeypatch: pytest.MonkeyPatch
 async def test_requests_before_startup_pass_through_untraced(
     exporter: InMemorySpanExporter,
 ) -> None:
-    app = fastapi_app()
+    app = fastapi_app(exporter.provider)
     transport = httpx.ASGITransport(app=app)  # no lifespan: tracing never started
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
         assert (await c.get("/items/3")).status_code == 200
@@ -934,8 +943,7 @@ async def test_a_configured_attribute_length_limit_still_applies(
     memory = InMemorySpanExporter()
     provider = TracerProvider(span_limits=SpanLimits(max_span_attribute_length=6))
     provider.add_span_processor(SimpleSpanProcessor(memory))
-    monkeypatch.setattr(tracing, "_injected_provider", provider)
-    app = fastapi_app()
+    app = fastapi_app(provider)
     transport = httpx.ASGITransport(app=app)
     async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
         await c.get("/items/123456789", headers={"User-Agent": "a-long-agent/1.0"})

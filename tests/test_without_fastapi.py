@@ -36,13 +36,12 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
-from amani_observability import ObservabilitySettings, instrument, tracing
+from amani_observability import ObservabilitySettings, instrument
 from tests.conftest import lifespan
 
 memory = InMemorySpanExporter()
 provider = TracerProvider()
 provider.add_span_processor(SimpleSpanProcessor(memory))
-tracing._injected_provider = provider
 
 async def hello(request):
     sentry_sdk.capture_message("starlette")
@@ -67,8 +66,9 @@ apps = {
     "starlette": instrument(
         Starlette(routes=[Mount("/orgs/{org}", routes=[Route("/hello/{who}", hello)])]),
         settings,
+        tracer_provider=provider,
     ),
-    "bare": instrument(bare, settings),
+    "bare": instrument(bare, settings, tracer_provider=provider),
 }
 paths = {"starlette": "/orgs/acme/hello/bob", "bare": "/anything/7"}
 

@@ -43,7 +43,12 @@ class KYCSubmission(BaseModel):
 
 def create_app(store: Store) -> FastAPI:
     """The demo's routes over `store`."""
-    app = FastAPI(title="amani-observability demo", version="0.1.0")
+    app = FastAPI(
+        title="amani-observability demo",
+        version="0.1.0",
+        # FastAPI (0.165+) would otherwise open its own server span: the library's replaces it.
+        telemetry={"tracing": False},
+    )
     api = APIRouter(prefix="/api/v1")
 
     @app.get("/health")

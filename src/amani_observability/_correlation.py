@@ -1,4 +1,4 @@
-"""The seam through which tracing shares the current trace with logs, metrics and Sentry.
+"""What every concern may read about the current request: its ID and its trace.
 
 Tracing installs a getter when it is enabled; until then (and when tracing is off)
 `current_trace_ids()` returns None at the cost of one function call.
@@ -7,6 +7,10 @@ Tracing installs a getter when it is enabled; until then (and when tracing is of
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
+
+# The ID of the request this context is handling (set by the request ID hooks, read by logs).
+request_id_var: ContextVar[str | None] = ContextVar("amani_request_id", default=None)
 
 # (trace_id as 32 hex digits, span_id as 16 hex digits) of the current sampled span.
 TraceIds = tuple[str, str]

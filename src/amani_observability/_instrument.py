@@ -1,101 +1,63 @@
-"""instrument(): compose the middlewares once, in one fixed order, and hook the lifespan.
+"""instrument(): build each concern's hooks once, in one fixed order, and hook the lifespan.
 
-Order, outermost first (each layer sees everything inside it):
+One Pipeline (_pipeline.py) runs the concerns that are on, outermost first (each sees
+everything after it):
 
-    RequestIDMiddleware    the ID exists before anything logs; it stamps every response,
-                           the unhandled-error 500 included, and writes the access log
-    tracing middleware     the server span is current for Sentry, metrics and logs
-    Sentry middleware      per-request isolation scope; captures escaping exceptions
-    metrics middleware     serves /metrics; measures the app below it
-    the application        for Starlette/FastAPI: its whole stack, ServerErrorMiddleware included
-
-With two or more of them on, StackMiddleware (_stack.py) sits in front and does their
-per-request work for HTTP requests in one layer, in this same order.
+    request ID     the ID exists before anything logs; it stamps every response, the
+                   unhandled-error 500 included
+    access log     one line per request, naming its ID and trace
+    tracing        the server span is current for Sentry, metrics and logs
+    Sentry         per-request isolation scope; captures escaping exceptions
+    metrics        serves /metrics; measures the app
+    the application  for Starlette/FastAPI: its whole stack, ServerErrorMiddleware included
 
 Start-up work (tracer provider, Sentry client, alert dispatcher) runs at lifespan
-start-up, not at import or in instrument(), so fork-based servers get fresh exporters
-per worker; shutdown flushes and closes them with a bounded wait.
+start-up (_lifecycle.py), not at import or in instrument().
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._asgi import ASGIApp, Message, Receive, Scope, Send
+from ._asgi import ASGIApp
+from ._lifecycle import SHUTDOWN_TIMEOUT, Lifecycle, LifespanMiddleware
+from ._pipeline import Pipeline, RequestHooks
 from ._redaction import redactor_for
-from ._stack import StackMiddleware
 from ._startup import ENV_TYPO, env_typos, server_warnings, summary
 from .exceptions import ConfigurationError
-from .logs import AccessLog, configure_logging
-from .request_id import RequestIDMiddleware
+from .logs import AccessLog, AccessLogHooks, configure_logging
+from .request_id import RequestIDHooks
 from .settings import ObservabilitySettings
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 logger = logging.getLogger("amani_observability")
 
 _MARK = "_amani_observability_instrumented"
-# Seconds each shutdown hook may take before we stop waiting for it.
-SHUTDOWN_TIMEOUT = 5.0
 
 AppT = TypeVar("AppT")
-Layer = Callable[[ASGIApp], ASGIApp]
-# A layer and what it is: "request_id", "tracing", "sentry" or "metrics".
-_Kind = Literal["request_id", "tracing", "sentry", "metrics"]
 
 
-class Lifecycle:
-    """Start-up and shutdown hooks the components register while instrument() runs."""
-
-    def __init__(self) -> None:
-        self.startup_hooks: list[Callable[[], None]] = []
-        # Each hook with the seconds shutdown waits for it.
-        self.shutdown_hooks: list[tuple[Callable[[], Awaitable[None]], float]] = []
-        # Each names a fast path in use, for the start-up summary; asked after start-up.
-        self.fast_paths: list[Callable[[], str]] = []
-        self.started = False
-
-    def on_startup(self, hook: Callable[[], None]) -> None:
-        self.startup_hooks.append(hook)
-
-    def on_shutdown(
-        self, hook: Callable[[], Awaitable[None]], *, timeout: float = SHUTDOWN_TIMEOUT
-    ) -> None:
-        self.shutdown_hooks.append((hook, timeout))
-
-    def report_fast_path(self, describe: Callable[[], str]) -> None:
-        self.fast_paths.append(describe)
-
-    def start(self) -> None:
-        if self.started:
-            return
-        self.started = True
-        for hook in self.startup_hooks:
-            hook()
-
-    async def stop(self) -> None:
-        if not self.started:
-            return
-        self.started = False
-        # Last started, first stopped.
-        for hook, timeout in reversed(self.shutdown_hooks):
-            try:
-                await asyncio.wait_for(hook(), timeout)
-            except Exception:
-                # Shutdown goes on: one stuck exporter must not keep the others from flushing.
-                logger.exception("observability shutdown hook %r failed", hook)
-
-
-def instrument(app: AppT, settings: ObservabilitySettings | None = None) -> AppT:
+def instrument(
+    app: AppT,
+    settings: ObservabilitySettings | None = None,
+    *,
+    tracer_provider: TracerProvider | None = None,
+) -> AppT:
     """Add request IDs, JSON logs, metrics, tracing and Sentry to an ASGI app.
 
     Starlette and FastAPI apps are changed in place and returned; any other ASGI
     callable is returned wrapped. Call it once per app, at start-up.
+
+    `tracer_provider`: the service's own TracerProvider, used for the server spans and
+    `get_tracer()`; it is not installed globally and never shut down by the library.
     """
     if settings is None:
         settings = ObservabilitySettings()
@@ -112,35 +74,18 @@ def instrument(app: AppT, settings: ObservabilitySettings | None = None) -> AppT
     _warn_about_the_start(settings)
 
     lifecycle = Lifecycle()
-    layers = _build_layers(settings, lifecycle)
-    if len(layers) >= 2:
-        lifecycle.report_fast_path(lambda: "one-layer stack")
+    hooks = _build_hooks(settings, lifecycle, tracer_provider)
     # Last: it reports what the other start-up hooks set up.
     lifecycle.on_startup(lambda: logger.info(_summary(settings, lifecycle)))
 
     def wrap(inner: ASGIApp) -> ASGIApp:
-        # The middlewares composed in order, and in front of them the one layer that does
-        # their work for HTTP requests in a single pass (see _stack.py).
-        outer = inner
-        built: dict[str, Any] = {}
-        for kind, layer in layers:  # innermost first
-            outer = built[kind] = layer(outer)
-        if len(built) < 2:
-            return outer  # one middleware alone is already one layer, and leaner
-        return StackMiddleware(
-            outer,
-            inner,
-            request_ids=built.get("request_id"),
-            tracing=built.get("tracing"),
-            sentry=built.get("sentry"),
-            metrics=built.get("metrics"),
-        )
+        return Pipeline(inner, hooks) if hooks else inner
 
     if _is_starlette(app):
         return _instrument_starlette(app, wrap, lifecycle)  # type: ignore[no-any-return]
     if not callable(app):
         raise ConfigurationError(f"instrument() needs an ASGI app, not {type(app).__name__}")
-    wrapped = _LifespanMiddleware(wrap(app), lifecycle)
+    wrapped = LifespanMiddleware(wrap(app), lifecycle)
     setattr(wrapped, _MARK, True)
     return wrapped  # type: ignore[return-value]
 
@@ -183,11 +128,14 @@ def _summary(settings: ObservabilitySettings, lifecycle: Lifecycle) -> str:
     return summary(settings, fast_paths, os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
-def _build_layers(
-    settings: ObservabilitySettings, lifecycle: Lifecycle
-) -> list[tuple[_Kind, Layer]]:
-    """The middleware factories, innermost first. Each component is built once here."""
-    layers: list[tuple[_Kind, Layer]] = []
+def _build_hooks(
+    settings: ObservabilitySettings,
+    lifecycle: Lifecycle,
+    tracer_provider: TracerProvider | None,
+) -> list[RequestHooks]:
+    """The concerns that are on, outermost first. Each is built once here, innermost
+    first, so that its start-up hooks run in that order."""
+    hooks: list[RequestHooks] = []
 
     # alerts: no middleware layer. Registered first so the dispatcher starts before the
     # other components and is drained last (they may alert while shutting down).
@@ -218,19 +166,19 @@ def _build_layers(
     # metrics (innermost): see metrics.py
     if settings.metrics_enabled:
         from ._losses import declare_known_losses
-        from .metrics import metrics_layer
+        from .metrics import metrics_hooks
 
         declare_known_losses()
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             lifecycle.on_startup(_report_stale_multiprocess_files)
 
-        layers.append(("metrics", metrics_layer(settings, lifecycle)))
+        hooks.append(metrics_hooks(settings, lifecycle))
 
     # Sentry: see sentry.py
     if settings.sentry_dsn is not None:
-        from .sentry import sentry_layer
+        from .sentry import sentry_hooks
 
-        layers.append(("sentry", sentry_layer(settings, lifecycle)))
+        hooks.append(sentry_hooks(settings, lifecycle))
     else:
         # Say so once, without importing sentry_sdk for a feature that is off.
         lifecycle.on_startup(
@@ -239,27 +187,21 @@ def _build_layers(
 
     # tracing: see tracing.py
     if settings.tracing_enabled:
-        from .tracing import tracing_layer
+        from .tracing import tracing_hooks
 
-        layers.append(("tracing", tracing_layer(settings, lifecycle)))
+        hooks.append(tracing_hooks(settings, lifecycle, tracer_provider))
 
-    access_log = (
-        AccessLog(
+    if settings.access_log_enabled:
+        access_log = AccessLog(
             excluded_paths=_access_log_excluded_paths(settings),
             redactor=redactor_for(tuple(settings.redact_keys)),
         )
-        if settings.access_log_enabled
-        else None
-    )
-    if settings.request_id_enabled or access_log is not None:
-        header = settings.request_id_header
-        layers.append(
-            (
-                "request_id",
-                lambda inner: RequestIDMiddleware(inner, header=header, access_log=access_log),
-            )
-        )
-    return layers
+        hooks.append(AccessLogHooks(access_log))
+    # The access line names the request, so an access log brings request IDs with it.
+    if settings.request_id_enabled or settings.access_log_enabled:
+        hooks.append(RequestIDHooks(settings.request_id_header))
+    hooks.reverse()
+    return hooks
 
 
 def _access_log_excluded_paths(settings: ObservabilitySettings) -> list[str]:
@@ -312,56 +254,3 @@ def _instrument_starlette(
     app.router.lifespan_context = lifespan
     setattr(app, _MARK, True)
     return app
-
-
-class _LifespanMiddleware:
-    """Runs the lifecycle hooks for ASGI apps that are not Starlette applications."""
-
-    def __init__(self, app: ASGIApp, lifecycle: Lifecycle) -> None:
-        self.app = app
-        self.lifecycle = lifecycle
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan":
-            await self.app(scope, receive, send)
-        else:
-            await self._lifespan(scope, receive, send)
-
-    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Apart from __call__: the closures below give this coroutine's frame cells,
-        # made on every call; in __call__ that would be four per HTTP request.
-        lifecycle = self.lifecycle
-        forwarded_startup = False
-
-        async def receive_with_hooks() -> Message:
-            nonlocal forwarded_startup
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                lifecycle.start()
-                forwarded_startup = True
-            return message
-
-        async def send_with_hooks(message: Message) -> None:
-            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
-                await lifecycle.stop()
-            await send(message)
-
-        try:
-            await self.app(scope, receive_with_hooks, send_with_hooks)
-        except Exception:
-            if forwarded_startup:
-                raise
-            # The app does not speak the lifespan protocol: speak it for our own hooks.
-            await _serve_lifespan(receive, send, lifecycle)
-
-
-async def _serve_lifespan(receive: Receive, send: Send, lifecycle: Lifecycle) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            lifecycle.start()
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await lifecycle.stop()
-            await send({"type": "lifespan.shutdown.complete"})
-            return

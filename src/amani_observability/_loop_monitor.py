@@ -26,6 +26,7 @@ from types import CodeType, FrameType
 from typing import Any
 
 from ._asgi import UNMATCHED_ROUTE
+from ._pipeline import Exchange, Pipeline
 from ._routes import route_template
 
 logger = logging.getLogger("amani_observability.loop")
@@ -162,21 +163,8 @@ class _Watchdog:
 
 
 def _request_codes() -> frozenset[CodeType]:
-    """The code of each middleware's __call__ whose frame holds the request's scope."""
-    codes = set()
-    for module_name, class_name in (
-        ("amani_observability._stack", "StackMiddleware"),
-        ("amani_observability.request_id", "RequestIDMiddleware"),
-        ("amani_observability.tracing", "TracingMiddleware"),
-        ("amani_observability.sentry", "SentryMiddleware"),
-        ("amani_observability._metrics_middleware", "PrometheusMiddleware"),
-    ):
-        module = sys.modules.get(module_name)  # only layers that exist can be on the stack
-        cls = getattr(module, class_name, None)
-        code = getattr(vars(cls).get("__call__") if cls is not None else None, "__code__", None)
-        if isinstance(code, CodeType):
-            codes.add(code)
-    return frozenset(codes)
+    """The code of the pipeline's __call__, whose frame holds the request's exchange."""
+    return frozenset({Pipeline.__call__.__code__})
 
 
 def _request_of(frame: FrameType | None) -> tuple[str | None, str | None]:
@@ -194,9 +182,12 @@ def _request_of(frame: FrameType | None) -> tuple[str | None, str | None]:
                 return None, None
             state = scope.get("state")
             request_id = state.get("request_id") if isinstance(state, dict) else None
-            entry = local_names.get("entry")  # the layer's route_entry(), once it has one
-            if not (isinstance(entry, tuple) and len(entry) == 4):
-                entry = (scope.get("app"), scope.get("root_path", ""), None, None)
+            exchange = local_names.get("exchange")  # the pipeline's, once it has one
+            entry = (
+                exchange.entry
+                if isinstance(exchange, Exchange)
+                else (scope.get("app"), scope.get("root_path", ""), None, None)
+            )
             template = route_template(scope, entry) or UNMATCHED_ROUTE
             return request_id, f"{scope.get('method', 'GET')} {template}"
         frame = frame.f_back

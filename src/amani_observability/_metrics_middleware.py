@@ -26,28 +26,26 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.samples import Exemplar
 from starlette.concurrency import run_in_threadpool
 
-from . import _correlation
 from ._asgi import (
     KNOWN_METHODS,
     OTHER_METHOD,
     UNMATCHED_ROUTE,
     ASGIApp,
-    Message,
     Receive,
     Scope,
     Send,
-    app_path,
     compile_paths,
     header_value,
 )
 from ._correlation import TraceIds
+from ._pipeline import Exchange, RequestHooks
 from ._prometheus_seam import (
     bucket_exemplar_setters,
     histogram_parts,
     inc_of,
     values_in_memory,
 )
-from ._routes import RouteEntry, route_entry, route_template, table_of
+from ._routes import table_of
 
 logger = logging.getLogger("amani_observability.metrics")
 
@@ -95,7 +93,6 @@ class EndpointCap:
 # One per process: the label values belong to the process's registry, not to one app.
 endpoint_cap = EndpointCap()
 
-_current_trace_ids = _correlation.current_trace_ids
 _INF = float("inf")
 # OpenMetrics allows 128 characters of exemplar label names and values together;
 # "trace_id" and "span_id" take 15 of them. Real IDs (32 + 16 hex digits) always fit.
@@ -140,38 +137,38 @@ def _ignore(amount: float) -> None:
     return None
 
 
-class PrometheusMiddleware:
+class _Measure:
+    """One measured request: its method label, in-progress gauge and clock."""
+
+    __slots__ = ("clock", "finished", "gauge", "method")
+
+    def __init__(self, method: str, gauge: _Gauge, clock: float) -> None:
+        self.method = method
+        self.gauge = gauge
+        self.clock = clock
+        self.finished = False
+
+
+class PrometheusHooks(RequestHooks):
     """Count, time and track in-progress HTTP requests; serve the metrics endpoint."""
+
+    name = "metrics"
 
     def __init__(
         self,
-        app: ASGIApp,
         *,
+        requests_total: Any,
+        duration: Any,
+        in_progress: Any,
+        errors_total: Any,
         metrics_path: str | None = "/metrics",
         excluded_paths: Iterable[str] = (),
         endpoint: MetricsEndpoint | None = None,
-        requests_total: Any = None,
-        duration: Any = None,
-        in_progress: Any = None,
-        errors_total: Any = None,
     ) -> None:
-        """Measure `app`; serve `endpoint` (by default an unprotected one) at `metrics_path`.
-
-        The metric arguments default to the catalogue's; `metrics_path=None` serves nothing.
-        """
-        from . import metrics  # the catalogue imports this module: import it late
-
-        if requests_total is None:
-            requests_total = metrics.http_requests_total
-        if duration is None:
-            duration = metrics.http_request_duration_seconds
-        if in_progress is None:
-            in_progress = metrics.http_requests_in_progress
-        if errors_total is None:
-            errors_total = metrics.errors_total
+        """Record to the four metrics; serve `endpoint` (by default an unprotected one) at
+        `metrics_path` (None: serve nothing)."""
         if metrics_path is not None and endpoint is None:
             endpoint = MetricsEndpoint()
-        self.app = app
         self.metrics_path = metrics_path
         self.endpoint = endpoint
         # The scrape itself is answered before this check, so it is never measured.
@@ -187,85 +184,43 @@ class PrometheusMiddleware:
         self._errors: dict[tuple[str, str], Any] = {}
         self._routes = _RoutePredictor()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            # Websockets and lifespan are not HTTP requests: pass them through.
-            await self.app(scope, receive, send)
-            return
-        path, _ = app_path(scope)
-        if path == self.metrics_path and self.endpoint is not None:
-            await self.endpoint(scope, receive, send)
-            return
-        if self.excluded(path):
-            await self.app(scope, receive, send)
-            return
+    def serves(self, path: str) -> ASGIApp | None:
+        return self.endpoint if path == self.metrics_path else None
 
-        method, gauge = self.begin(scope, path)
-        entry = route_entry(scope, self.app)
-        status = 0
-        finished = False
-        client_gone = False
-        started = perf_counter()
+    def start(self, exchange: Exchange) -> _Measure | None:
+        path = exchange.path
+        if exchange.scope["type"] != "http" or path == self.metrics_path or self.excluded(path):
+            return None  # websockets are not HTTP requests; scrapes are not measured
+        method, gauge = self.begin(exchange.scope, path, exchange.entry[0])
+        return _Measure(method, gauge, perf_counter())
 
-        async def send_measured(message: Message) -> None:
-            nonlocal status, finished, client_gone
-            message_type = message["type"]
-            if message_type == "http.response.start":
-                status = status or message["status"]  # a second start is refused
-            elif (
-                message_type == "http.response.body"
-                and not finished
-                and not message.get("more_body", False)
-            ) or message_type == "http.response.pathsend":
-                # The final body message: stop the clock once it is sent, before any
-                # background task runs.
-                finished = True
-                try:
-                    await send(message)
-                except OSError:
-                    client_gone = True
-                    raise
-                finally:
-                    self._finish_here(scope, entry, method, status, started, gauge)
-                return
-            try:
-                await send(message)
-            except OSError:
-                # ASGI servers raise OSError from send() once the client has gone.
-                client_gone = True
-                raise
+    def response_finished(self, exchange: Exchange, state: _Measure) -> None:
+        state.finished = True
+        self.record(
+            state.method, exchange.status, state.clock, state.gauge, exchange.route,
+            exchange.trace(),
+        )  # fmt: skip
 
-        try:
-            await self.app(scope, receive, send_measured)
-        except Exception as exc:
-            if finished:
-                template = route_template(scope, entry) or UNMATCHED_ROUTE
-            else:
-                finished = True
-                template = self._finish_here(scope, entry, method, status, started, gauge)
-            if not client_gone:
-                self.count_error(type(exc).__name__, template)
-            raise
-        except BaseException:
-            # Cancellation: still balance the gauge and count the request.
-            if not finished:
-                finished = True
-                self._finish_here(scope, entry, method, status, started, gauge)
-            raise
-        if not finished:
-            # Returned without a final body: a stream cut short by a disconnect, or
-            # no response at all (the server then answers 500).
-            finished = True
-            self._finish_here(scope, entry, method, status, started, gauge)
+    def failed(self, exchange: Exchange, state: _Measure, error: Exception) -> None:
+        if not state.finished:
+            self.response_finished(exchange, state)
+        if not exchange.client_gone:
+            self.count_error(type(error).__name__, exchange.route or UNMATCHED_ROUTE)
 
-    def begin(self, scope: Scope, path: str) -> tuple[str, _Gauge]:
+    def finish(self, exchange: Exchange, state: _Measure) -> None:
+        if not state.finished:
+            # Returned without a final body (a stream cut short, no response at all), or
+            # cancelled: still count the request and balance the gauge.
+            self.response_finished(exchange, state)
+
+    def begin(self, scope: Scope, path: str, app: Any) -> tuple[str, _Gauge]:
         """Count the request in progress; its method label and in-progress gauge."""
         method = scope["method"]
         if method not in KNOWN_METHODS:
             method = OTHER_METHOD
         # The router has not run yet, so the gauge's endpoint is predicted from the
         # app's route table; the same child is decremented, whatever the router decides.
-        gauge_key = (method, self._routes.predict(scope.get("app") or self.app, path))
+        gauge_key = (method, self._routes.predict(app, path))
         gauge = self._gauges.get(gauge_key)
         if gauge is None:
             label = endpoint_cap.label(gauge_key[1])
@@ -276,26 +231,7 @@ class PrometheusMiddleware:
         gauge[0](None)
         return method, gauge
 
-    def _finish_here(
-        self,
-        scope: Scope,
-        entry: RouteEntry,
-        method: str,
-        status: int,
-        started: float,
-        gauge: _Gauge,
-    ) -> str:
-        """finish(), with the route read from the scope and the trace from the current span."""
-        return self.finish(
-            method,
-            status,
-            started,
-            gauge,
-            route_template(scope, entry),
-            _current_trace_ids(),
-        )
-
-    def finish(
+    def record(
         self,
         method: str,
         status: int,

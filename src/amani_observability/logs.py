@@ -3,7 +3,7 @@
 `configure_logging()` installs one handler on the root logger (replacing its own on a
 second call, so lines are never duplicated) and routes uvicorn's loggers through it;
 with `LOG_JSON=false` the handler writes plain text lines, still naming the request.
-`AccessLog` writes one line per request from the request-ID middleware.
+`AccessLog` writes one line per request (`AccessLogHooks`, next to the request ID's).
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ import logging
 import re
 import sys
 from datetime import datetime, timezone
+from time import perf_counter
 from typing import IO, TYPE_CHECKING, Any
 
-from ._asgi import Scope, compile_paths
-from ._correlation import TraceIds, current_trace_ids
+from ._asgi import ASGIApp, Message, Scope, compile_paths
+from ._correlation import TraceIds, current_trace_ids, request_id_var
 from ._losses import count_dropped
+from ._pipeline import Exchange, Pipeline, RequestHooks
 from ._redaction import REDACTED, Redactor, redactor_for
-from .request_id import current_request_id
 
 if TYPE_CHECKING:
     from .settings import ObservabilitySettings
@@ -41,10 +42,10 @@ class RequestContextFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "request_id", None) is None:
-            request_id = current_request_id()
+            request_id = request_id_var.get()
             if request_id is None and record.exc_info and record.exc_info[1] is not None:
                 # The server's "Exception in ASGI application" line, logged after the
-                # request's context was reset: RequestIDMiddleware tagged the exception.
+                # request's context was reset: the request ID hooks tagged the exception.
                 request_id = getattr(record.exc_info[1], "amani_request_id", None)
             record.request_id = request_id
         if getattr(record, "trace_id", None) is None:
@@ -212,7 +213,7 @@ class AccessLog:
         scope: Scope,
         status: int,
         duration: float,
-        request_id: str,
+        request_id: str | None,
         trace_ids: TraceIds | None = None,
     ) -> None:
         query = scope.get("query_string", b"")
@@ -242,3 +243,39 @@ class AccessLog:
             "access", extra,
         )  # fmt: skip
         logger.handle(record)
+
+
+class AccessLogHooks(RequestHooks):
+    """One access line per request, written once the request is over."""
+
+    name = "access_log"
+
+    def __init__(self, access_log: AccessLog) -> None:
+        self.access_log = access_log
+
+    def start(self, exchange: Exchange) -> float | None:
+        if not self.access_log.wants(exchange.scope):
+            return None
+        return perf_counter()
+
+    def response_started(self, exchange: Exchange, state: float, message: Message) -> None:
+        # The request's span is current while the response starts: remember it for the
+        # line, written after the span has ended.
+        exchange.trace()
+
+    def finish(self, exchange: Exchange, state: float) -> None:
+        trace_ids = exchange.trace_ids if exchange.started else None
+        self.access_log.emit(
+            exchange.scope,
+            exchange.status or 500,
+            perf_counter() - state,
+            exchange.request_id,
+            trace_ids,
+        )
+
+
+class AccessLogMiddleware(Pipeline):
+    """The access log alone, as an ASGI middleware (inside a request ID layer, for IDs)."""
+
+    def __init__(self, app: ASGIApp, access_log: AccessLog) -> None:
+        super().__init__(app, (AccessLogHooks(access_log),))

@@ -29,8 +29,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
+from ._asgi import ASGIApp
 from ._fallbacks import fallback_taken as _fallback_taken
-from ._metrics_middleware import MetricsEndpoint, PrometheusMiddleware, endpoint_cap
+from ._metrics_middleware import MetricsEndpoint, PrometheusHooks, endpoint_cap
+from ._pipeline import Pipeline
 from ._prometheus_seam import children_of as _children_of
 from ._prometheus_seam import describe as _describe_prometheus
 from ._prometheus_seam import inc_of as _inc_of
@@ -42,7 +44,7 @@ from ._registry import get_or_create as _get_or_create
 from .settings import DEFAULT_BUCKETS
 
 if TYPE_CHECKING:
-    from ._instrument import Layer, Lifecycle
+    from ._lifecycle import Lifecycle
     from .settings import ObservabilitySettings
 
 __all__ = [
@@ -58,7 +60,6 @@ __all__ = [
     "http_requests_total",
     "instrument_sqlalchemy",
     "mark_process_dead",
-    "metrics_layer",
     "track_db_query",
 ]
 
@@ -189,11 +190,37 @@ def use_buckets(buckets: Sequence[float]) -> None:
     )
 
 
-# --- the middleware layer that instrument() adds ------------------------------------------
+# --- the concern instrument() runs innermost -----------------------------------------------
 
 
-def metrics_layer(settings: ObservabilitySettings, lifecycle: Lifecycle) -> Layer:
-    """The factory instrument() puts innermost: measures the app and serves /metrics."""
+class PrometheusMiddleware(Pipeline):
+    """The request metrics and the metrics endpoint alone, as an ASGI middleware;
+    instrument() runs the same hooks with the other concerns in one layer."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics_path: str | None = "/metrics",
+        excluded_paths: Sequence[str] = (),
+        endpoint: MetricsEndpoint | None = None,
+    ) -> None:
+        """Measure `app` into this module's request metrics; serve `endpoint` (by default an
+        unprotected one) at `metrics_path` (None: serve nothing)."""
+        hooks = PrometheusHooks(
+            requests_total=http_requests_total,
+            duration=http_request_duration_seconds,
+            in_progress=http_requests_in_progress,
+            errors_total=errors_total,
+            metrics_path=metrics_path,
+            excluded_paths=excluded_paths,
+            endpoint=endpoint,
+        )
+        super().__init__(app, (hooks,))
+
+
+def metrics_hooks(settings: ObservabilitySettings, lifecycle: Lifecycle) -> PrometheusHooks:
+    """What instrument() runs innermost: measures the app and serves /metrics."""
     use_buckets(settings.metrics_buckets)
     # Per process: the last instrument() call's limit applies to every app in it.
     endpoint_cap.limit = settings.metrics_max_endpoints
@@ -230,19 +257,15 @@ def metrics_layer(settings: ObservabilitySettings, lifecycle: Lifecycle) -> Laye
     requests, duration = http_requests_total, http_request_duration_seconds
     in_progress, errors = http_requests_in_progress, errors_total
 
-    def layer(inner: Any) -> Any:
-        return PrometheusMiddleware(
-            inner,
-            metrics_path=metrics_path,
-            excluded_paths=excluded,
-            endpoint=endpoint,
-            requests_total=requests,
-            duration=duration,
-            in_progress=in_progress,
-            errors_total=errors,
-        )
-
-    return layer
+    return PrometheusHooks(
+        metrics_path=metrics_path,
+        excluded_paths=excluded,
+        endpoint=endpoint,
+        requests_total=requests,
+        duration=duration,
+        in_progress=in_progress,
+        errors_total=errors,
+    )
 
 
 # --- multiple worker processes ------------------------------------------------------------

@@ -1,9 +1,7 @@
 """Request IDs: reuse a safe incoming ID or mint one, echo it on every response.
 
-The middleware sits outermost, outside Starlette's ServerErrorMiddleware, so even
-the 500 produced by an unhandled exception carries the header (asgi-correlation-id
-#19). It also writes the access log line, since it is the layer that sees the whole
-request.
+The hooks run outermost, outside Starlette's ServerErrorMiddleware, so even the 500
+produced by an unhandled exception carries the header (asgi-correlation-id #19).
 """
 
 from __future__ import annotations
@@ -13,17 +11,16 @@ import logging
 import os
 import random
 import re
-from contextvars import ContextVar
-from time import monotonic, perf_counter
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
-from ._asgi import ASGIApp, Message, Receive, Scope, Send
-from ._correlation import TraceIds, current_trace_ids
+from ._asgi import ASGIApp, Message, Scope
+from ._correlation import request_id_var
+from ._pipeline import NO_RESPONSE as NO_RESPONSE
+from ._pipeline import Exchange, Pipeline, RequestHooks
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
-
-    from .logs import AccessLog
+    from contextvars import Token
 
 logger = logging.getLogger("amani_observability.request_id")
 
@@ -36,18 +33,11 @@ REJECTED_REQUEST_ID = (
     "the latest request got %s"
 )
 REJECTED_LOG_INTERVAL = 60.0
-# Logged when the application returned without sending a response.
-NO_RESPONSE = "The application returned without sending a response; answered 500"
 
 # UUIDs with or without dashes, nginx's $request_id, W3C trace ids, ULIDs all pass.
 _accept = re.compile(rb"[A-Za-z0-9._-]{1,128}").fullmatch
 
 _random_bits = random.getrandbits
-
-# The ID of the request this context is handling (set by the middlewares, read by logs).
-request_id_var: ContextVar[str | None] = ContextVar("amani_request_id", default=None)
-
-_INTERNAL_ERROR_BODY = b"Internal Server Error"
 
 
 # IDs are drawn 64 at a time: one 8192-bit number, formatted once and sliced, is
@@ -156,75 +146,47 @@ def _checked_incoming_id(value: bytes) -> tuple[str, bytes]:
     return request_id, request_id.encode("ascii")
 
 
-class RequestIDMiddleware:
+class RequestIDHooks(RequestHooks):
     """Give every HTTP request and websocket connection an ID, and echo it back."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        header: str = "X-Request-ID",
-        access_log: AccessLog | None = None,
-    ) -> None:
-        self.app = app
+    name = "request_id"
+
+    def __init__(self, header: str = "X-Request-ID") -> None:
         self.header = header.lower().encode("latin-1")
-        self.access_log = access_log
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope_type = scope["type"]
-        if scope_type != "http" and scope_type != "websocket":
-            # Lifespan and future scope types are none of our business.
-            await self.app(scope, receive, send)
-            return
-
-        request_id, id_bytes = assign_request_id(scope, self.header)
+    def start(self, exchange: Exchange) -> tuple[Token[str | None], tuple[bytes, bytes]]:
+        request_id, id_bytes = assign_request_id(exchange.scope, self.header)
+        exchange.request_id = request_id
         header_pair = (self.header, id_bytes)
+        # Even the pipeline's own 500 (an app that raised before responding) carries it.
+        exchange.error_response_header = header_pair
+        return request_id_var.set(request_id), header_pair
 
-        access_log = self.access_log
-        started = 0.0
-        if access_log is not None:
-            if access_log.wants(scope):
-                started = perf_counter()
-            else:
-                access_log = None
-        status = 0  # the response's status once it has started; 0 until then
-        trace_ids: TraceIds | None = None
+    def response_started(
+        self,
+        exchange: Exchange,
+        state: tuple[Token[str | None], tuple[bytes, bytes]],
+        message: Message,
+    ) -> None:
+        if message["type"] != "websocket.http.response.start":
+            message["headers"] = [*message.get("headers", ()), state[1]]
 
-        # A plain function handing back the server's own awaitable: nothing is left to do
-        # after the send, so no coroutine of ours per message.
-        def send_with_request_id(message: Message) -> Awaitable[None]:
-            nonlocal status, trace_ids
-            message_type = message["type"]
-            if message_type == "http.response.start" or message_type == "websocket.accept":
-                # A second start is refused by the server; the first is what the client got.
-                status = status or message.get("status", 101)
-                message["headers"] = [*message.get("headers", ()), header_pair]
-                if access_log is not None:
-                    # The server span is current while inner layers send: remember it for
-                    # the access line, written after the span has ended.
-                    trace_ids = current_trace_ids()
-            return send(message)
+    def failed(self, exchange: Exchange, state: object, error: Exception) -> None:
+        if exchange.request_id is not None:
+            tag_exception(error, exchange.request_id)
 
-        token = request_id_var.set(request_id)
-        try:
-            await self.app(scope, receive, send_with_request_id)
-        except Exception as exc:
-            tag_exception(exc, request_id)
-            if status == 0:
-                status = 500
-                if scope_type == "http":
-                    # A bare ASGI app raised before responding: answer the 500 ourselves
-                    # so it carries the ID, then re-raise so the server logs the error.
-                    await send_internal_error(send, header_pair)
-            raise
-        else:
-            if status == 0 and scope_type == "http":
-                status = 500
-                await answer_missing_response(send, header_pair)
-        finally:
-            if access_log is not None:
-                access_log.emit(scope, status, perf_counter() - started, request_id, trace_ids)
-            request_id_var.reset(token)
+    def finish(
+        self, exchange: Exchange, state: tuple[Token[str | None], tuple[bytes, bytes]]
+    ) -> None:
+        request_id_var.reset(state[0])
+
+
+class RequestIDMiddleware(Pipeline):
+    """Request IDs alone, as an ASGI middleware: `instrument()` runs the same hooks with
+    the other concerns in one layer."""
+
+    def __init__(self, app: ASGIApp, *, header: str = "X-Request-ID") -> None:
+        super().__init__(app, (RequestIDHooks(header),))
 
 
 def tag_exception(exc: BaseException, request_id: str) -> None:
@@ -232,28 +194,3 @@ def tag_exception(exc: BaseException, request_id: str) -> None:
     gone, and the JSON log filter reads the ID from here so that line names its request."""
     with contextlib.suppress(AttributeError):
         exc.amani_request_id = request_id  # type: ignore[attr-defined]
-
-
-async def answer_missing_response(send: Send, header_pair: tuple[bytes, bytes]) -> None:
-    """The app returned without responding: answer the 500 the server would have sent,
-    but carrying the request ID, and say so (the server logs nothing once we answered)."""
-    logger.error(NO_RESPONSE)
-    await send_internal_error(send, header_pair)
-
-
-async def send_internal_error(send: Send, header_pair: tuple[bytes, bytes]) -> None:
-    try:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 500,
-                "headers": [
-                    (b"content-type", b"text/plain; charset=utf-8"),
-                    (b"content-length", str(len(_INTERNAL_ERROR_BODY)).encode()),
-                    header_pair,
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": _INTERNAL_ERROR_BODY})
-    except Exception:  # the client went away; the original error matters more
-        logger.debug("could not send the 500 response", exc_info=True)

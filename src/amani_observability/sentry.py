@@ -20,7 +20,7 @@ import logging
 import re
 import warnings
 from collections.abc import Callable, Mapping
-from contextvars import Token, copy_context
+from contextvars import Token
 from dataclasses import dataclass, is_dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlsplit
@@ -34,13 +34,13 @@ from sentry_sdk.scrubber import DEFAULT_DENYLIST, EventScrubber
 from sentry_sdk.serializer import add_global_repr_processor
 from sentry_sdk.utils import BadDsn, event_from_exception, iter_event_frames
 
-from ._asgi import UNMATCHED_ROUTE, ASGIApp, Message, Receive, Scope, Send, compile_paths
+from ._asgi import UNMATCHED_ROUTE, ASGIApp, Message, Scope, compile_paths
 from ._correlation import current_trace_ids
 from ._fallbacks import fallback_taken as _fallback_taken
-from ._keepalive import sending_outside
 from ._own_traffic import is_own_traffic
+from ._pipeline import Exchange, Pipeline, RequestHooks
 from ._redaction import REDACTED, Redactor, redactor_for
-from ._routes import RouteEntry, route_entry, route_template
+from ._routes import RouteEntry, route_template
 from ._sentry_losses import LossCountingTransport
 from ._sentry_losses import wants_ours as wants_our_transport
 from ._sentry_queries import (
@@ -54,11 +54,10 @@ from ._sentry_threads import ThreadingIntegration
 from ._sentry_threads import wants_ours as wants_our_threading
 from .exceptions import ConfigurationError
 from .logs import ACCESS_LOGGER
-from .request_id import current_request_id
 from .settings import ObservabilitySettings
 
 if TYPE_CHECKING:
-    from ._instrument import Layer, Lifecycle
+    from ._lifecycle import Lifecycle
 
 __all__ = [
     "SentryMiddleware",
@@ -260,42 +259,109 @@ async def flush_sentry(timeout: float = FLUSH_TIMEOUT) -> None:
     await asyncio.to_thread(client.close, timeout)
 
 
-def sentry_layer(settings: ObservabilitySettings, lifecycle: Lifecycle) -> Layer:
-    """The Sentry layer for instrument(): client started and closed by the lifespan."""
+def sentry_hooks(settings: ObservabilitySettings, lifecycle: Lifecycle) -> SentryHooks:
+    """The Sentry concern for instrument(): client started and closed by the lifespan."""
 
     def start() -> None:
         init_sentry(settings)
 
     lifecycle.on_startup(start)
     lifecycle.on_shutdown(flush_sentry)
-    transactions = settings.sentry_traces_sample_rate > 0
-    excluded = _policy_from(settings).excluded_path
-
-    continue_traces = settings.trace_context_policy == "continue"
-
-    def layer(app: ASGIApp) -> ASGIApp:
-        return SentryMiddleware(
-            app,
-            transactions=transactions,
-            excluded_path=excluded,
-            continue_traces=continue_traces,
-        )
-
-    return layer
+    return SentryHooks(
+        transactions=settings.sentry_traces_sample_rate > 0,
+        excluded_path=_policy_from(settings).excluded_path,
+        continue_traces=settings.trace_context_policy == "continue",
+    )
 
 
 # --- per request -----------------------------------------------------------------------------
 
 
-class SentryMiddleware:
-    """One Sentry isolation scope per request; unhandled exceptions captured once, re-raised.
+class _RequestScopes:
+    """One request's Sentry scopes, and its performance transaction when there is one."""
+
+    __slots__ = ("status_set", "tokens", "transaction")
+
+    def __init__(self, tokens: tuple[Token[Any], Token[Any]] | None) -> None:
+        self.tokens = tokens
+        self.transaction: Any = None
+        self.status_set = False
+
+
+class SentryHooks(RequestHooks):
+    """One Sentry isolation scope per request; unhandled exceptions captured once.
 
     Events sent while the request runs carry tags `request_id`, `trace_id` (when tracing
     is on) and `endpoint` (the route template), the route template as transaction name,
     and the request's method, URL, query and headers with secrets removed. All of that is
     computed by an event processor, so a request that sends no event pays only for the
-    scope. The body is never read: `receive` is passed on untouched (sentry-python #1573).
+    scope. The body is never read (sentry-python #1573).
     """
+
+    name = "sentry"
+    keeps_context = True
+
+    def __init__(
+        self,
+        *,
+        transactions: bool = False,
+        excluded_path: Callable[[str], bool] | None = None,
+        continue_traces: bool = True,
+    ) -> None:
+        self.transactions = transactions
+        self.excluded_path = excluded_path or compile_paths(())
+        # The caller's Sentry trace headers to continue; under TRACE_CONTEXT_POLICY restart
+        # or ignore, none (a caller's sentry-trace is not trusted either).
+        self.incoming_trace: Callable[[Scope], dict[str, str]] = (
+            trace_headers if continue_traces else _no_trace_headers
+        )
+
+    def start(self, exchange: Exchange) -> _RequestScopes:
+        scope = exchange.scope
+        processor = RequestEventProcessor(scope, exchange.entry, exchange.request_id)
+        # A sampled span of our tracing gives events and outgoing requests their trace.
+        own_trace = None if exchange.traced and exchange.trace_ids else self.incoming_trace(scope)
+        state = _RequestScopes(enter_request_scopes(processor, own_trace))
+        if self.transactions and not self.excluded_path(scope["path"]):
+            continued = sentry_sdk.continue_trace(
+                self.incoming_trace(scope),
+                op=f"{scope['type']}.server",
+                name=scope["path"],  # renamed to the route template once routing is done
+                source=SOURCE_URL,
+                origin="auto.http.amani_observability",
+            )
+            transaction = sentry_sdk.start_transaction(
+                continued, custom_sampling_context={"asgi_scope": scope}
+            )
+            transaction.__enter__()  # what `with` does; left in finish()
+            state.transaction = transaction
+        return state
+
+    def response_started(self, exchange: Exchange, state: _RequestScopes, message: Message) -> None:
+        if state.transaction is not None and not state.status_set:
+            state.status_set = True  # a second start is refused by the server
+            if message["type"] != "websocket.accept":
+                state.transaction.set_http_status(message["status"])
+
+    def failed(self, exchange: Exchange, state: _RequestScopes, error: Exception) -> None:
+        if state.transaction is not None:
+            state.transaction.set_status("internal_error")
+        capture_unhandled(error)
+
+    def finish(self, exchange: Exchange, state: _RequestScopes) -> None:
+        try:
+            transaction = state.transaction
+            if transaction is not None:
+                transaction.name = exchange.route or UNMATCHED_ROUTE
+                transaction.source = SOURCE_ROUTE
+                transaction.__exit__(None, None, None)
+        finally:
+            exit_request_scopes(state.tokens)
+
+
+class SentryMiddleware(Pipeline):
+    """Sentry's per-request scopes and capture alone, as an ASGI middleware (the client is
+    the service's: `init_sentry()`); instrument() runs the same hooks in one layer."""
 
     def __init__(
         self,
@@ -305,71 +371,12 @@ class SentryMiddleware:
         excluded_path: Callable[[str], bool] | None = None,
         continue_traces: bool = True,
     ) -> None:
-        self.app = app
-        self.transactions = transactions
-        self.excluded_path = excluded_path or compile_paths(())
-        # The caller's Sentry trace headers to continue; under TRACE_CONTEXT_POLICY restart
-        # or ignore, none (a caller's sentry-trace is not trusted either). A plain function
-        # in an attribute: no extra call per request.
-        self.incoming_trace: Callable[[Scope], dict[str, str]] = (
-            trace_headers if continue_traces else _no_trace_headers
+        hooks = SentryHooks(
+            transactions=transactions,
+            excluded_path=excluded_path,
+            continue_traces=continue_traces,
         )
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope_type = scope["type"]
-        if scope_type != "http" and scope_type != "websocket":
-            await self.app(scope, receive, send)
-            return
-        entry = route_entry(scope, self.app)
-        processor = RequestEventProcessor(scope, entry, current_request_id())
-        # The context before the request's scopes, for the final send.
-        outside = copy_context() if scope_type == "http" else None
-        tokens = enter_request_scopes(processor, self.incoming_trace(scope))
-        try:
-            if self.transactions and not self.excluded_path(scope["path"]):
-                await self._traced(scope, receive, send, entry)
-                return
-            if outside is not None:
-                send = sending_outside(send, outside)
-            try:
-                await self.app(scope, receive, send)
-            except Exception as exc:
-                capture_unhandled(exc)
-                raise
-        finally:
-            exit_request_scopes(tokens)
-
-    async def _traced(self, scope: Scope, receive: Receive, send: Send, entry: RouteEntry) -> None:
-        """Run the request inside a performance transaction continuing the caller's trace."""
-        transaction = sentry_sdk.continue_trace(
-            self.incoming_trace(scope),
-            op=f"{scope['type']}.server",
-            name=scope["path"],  # renamed to the route template once routing is done
-            source=SOURCE_URL,
-            origin="auto.http.amani_observability",
-        )
-
-        started = False
-
-        async def send_with_status(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start" and not started:
-                started = True  # a second start is refused by the server
-                transaction.set_http_status(message["status"])
-            await send(message)
-
-        with sentry_sdk.start_transaction(
-            transaction, custom_sampling_context={"asgi_scope": scope}
-        ):
-            try:
-                await self.app(scope, receive, send_with_status)
-            except Exception as exc:
-                transaction.set_status("internal_error")
-                capture_unhandled(exc)
-                raise
-            finally:
-                transaction.name = _endpoint(scope, entry)
-                transaction.source = SOURCE_ROUTE
+        super().__init__(app, (hooks,))
 
 
 # What every request's scopes are forked from: two blank scopes, made once per process and

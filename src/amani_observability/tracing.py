@@ -24,8 +24,6 @@ import logging
 import re
 import uuid
 from collections.abc import Callable, Sequence
-from contextvars import copy_context
-from time import time_ns
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -47,14 +45,11 @@ from ._asgi import (
     OTHER_METHOD,
     ASGIApp,
     Message,
-    Receive,
     Scope,
-    Send,
     compile_paths,
 )
 from ._correlation import TraceIds
-from ._fastapi_seam import quiet_fastapi_tracing
-from ._keepalive import sending_outside
+from ._lifecycle import Lifecycle
 from ._otel_seam import (
     LightPipeline,
     LightSpan,
@@ -66,8 +61,8 @@ from ._otel_seam import (
     light_decision,
     span_of,
 )
+from ._pipeline import Exchange, Pipeline, RequestHooks
 from ._redaction import mask_userinfo, redactor_for
-from ._routes import route_entry, route_template
 from ._tracing_export import (
     CountingBatchSpanProcessor,
     ExportGuard,
@@ -76,11 +71,9 @@ from ._tracing_export import (
     shut_down,
 )
 from ._version import __version__
-from .request_id import current_request_id
-from .settings import parse_otlp_headers
+from .settings import ObservabilitySettings, parse_otlp_headers
 
 if TYPE_CHECKING:
-    from ._instrument import Lifecycle
     from .settings import ObservabilitySettings
 
 __all__ = ["REQUEST_ID_ATTRIBUTE", "TracingMiddleware", "add_span_attributes", "get_tracer"]
@@ -113,10 +106,6 @@ _LIBRARY_INSTRUMENTORS = (
     ("opentelemetry.instrumentation.httpx", "HTTPXClientInstrumentor"),
     ("opentelemetry.instrumentation.sqlalchemy", "SQLAlchemyInstrumentor"),
 )
-# Internal hook for tests and benchmarks: when set, start-up uses this provider and leaves
-# OpenTelemetry's set-once global provider alone. Never shut down by us.
-_injected_provider: TracerProvider | None = None
-
 # Providers we created, registered globally and have since shut down: OpenTelemetry
 # cannot replace a global provider, so a second start-up in the same process (tests,
 # an embedded server restarted) builds a fresh one instead of reusing a dead one.
@@ -214,8 +203,11 @@ class _Tracing:
     (and so our middleware) after start-up.
     """
 
-    def __init__(self, settings: ObservabilitySettings) -> None:
+    def __init__(
+        self, settings: ObservabilitySettings, given_provider: TracerProvider | None
+    ) -> None:
         self.settings = settings
+        self.given_provider = given_provider  # the service's own, passed to instrument()
         self.tracer: Tracer | None = None  # None until start-up: requests pass through
         self.fields: frozenset[bytes] = frozenset()
         self.early_attributes = True
@@ -231,7 +223,7 @@ class _Tracing:
         self.redactor = redactor_for(tuple(settings.redact_keys))
 
     def start(self) -> None:
-        provider, owned, guard = _provider_for(self.settings)
+        provider, owned, guard = _provider_for(self.settings, self.given_provider)
         self.provider, self.owned, self.guard = provider, owned, guard
         if guard is not None:
             quiet_exporter_logs(True)
@@ -276,16 +268,18 @@ class _Tracing:
             self.guard = None
 
 
-def tracing_layer(
-    settings: ObservabilitySettings, lifecycle: Lifecycle
-) -> Callable[[ASGIApp], ASGIApp]:
-    """The middleware factory for instrument(); the provider is set up at start-up."""
-    tracing = _Tracing(settings)
+def tracing_hooks(
+    settings: ObservabilitySettings,
+    lifecycle: Lifecycle,
+    tracer_provider: TracerProvider | None = None,
+) -> TracingHooks:
+    """The tracing concern; its provider (`tracer_provider`, or one of ours) is set up at
+    start-up."""
+    tracing = _Tracing(settings, tracer_provider)
     lifecycle.on_startup(tracing.start)
     lifecycle.on_shutdown(tracing.stop)
     lifecycle.report_fast_path(lambda: describe(tracing.light, tracing.light_off))
-    excluded = compile_paths(_excluded_paths(settings))
-    return lambda inner: TracingMiddleware(inner, tracing=tracing, excluded=excluded)
+    return TracingHooks(tracing, compile_paths(_excluded_paths(settings)))
 
 
 def _excluded_paths(settings: ObservabilitySettings) -> list[str]:
@@ -296,114 +290,81 @@ def _excluded_paths(settings: ObservabilitySettings) -> list[str]:
     return [re.escape(settings.metrics_path), "/health"]
 
 
-class TracingMiddleware:
+FASTAPI_SPAN_SEEN = (
+    "FastAPI opened its own server span for a request, so amani_observability adds none "
+    "(one server span per request). FastAPI's span does not carry request.id, applies "
+    "neither REDACT_KEYS to url.query nor TRACE_CONTEXT_POLICY: build the app with "
+    'FastAPI(telemetry={"tracing": False}) to get the library\'s span (docs/tracing.md)'
+)
+
+
+class _SpanState:
+    """One request's server span, from start to finish."""
+
+    __slots__ = ("attributes", "error_type", "name", "response_header", "span", "token")
+
+    def __init__(
+        self,
+        span: trace.Span,
+        token: object,
+        name: str,
+        attributes: dict[str, Any],
+        response_header: tuple[bytes, bytes] | None,
+    ) -> None:
+        self.span = span
+        self.token = token  # restores the caller's context
+        self.name = name  # the span's initial name
+        self.attributes = attributes  # set at the end, with what the response told us
+        self.response_header = response_header  # `traceresponse`, when asked for
+        self.error_type: str | None = None
+
+
+class TracingHooks(RequestHooks):
     """One SERVER span per HTTP request and websocket connection, and nothing more."""
 
-    def __init__(self, app: ASGIApp, *, tracing: _Tracing, excluded: Callable[[str], bool]) -> None:
-        self.app = app
+    name = "tracing"
+    keeps_context = True
+
+    def __init__(self, tracing: _Tracing, excluded: Callable[[str], bool]) -> None:
         self.tracing = tracing
         self.excluded = excluded
-        self._quieted: object = None
+        self.warned_about_fastapi = False
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope_type = scope["type"]
-        if scope_type != "http" and scope_type != "websocket":
-            if scope_type == "lifespan":
-                # Before start-up registers the global provider, so that FastAPI's native
-                # telemetry never sees it switched on for this app.
-                quiet_fastapi_tracing(scope.get("app"))
-            await self.app(scope, receive, send)
-            return
-        # The context before the span is made current, for the final send.
-        outside = copy_context() if scope_type == "http" else None
-        started = self.begin(scope)
-        if started is None:
-            await self.app(scope, receive, send)
-            return
-
-        entry = route_entry(scope, self.app)
-        status_code = 0
-        end_time: int | None = None
-        if outside is not None:
-            send = sending_outside(send, outside)
-        response_header = (
-            traceresponse(started[0])
-            if self.tracing.response_header and scope_type == "http"
-            else None
-        )
-
-        async def send_traced(message: Message) -> None:
-            nonlocal status_code, end_time
-            message_type = message["type"]
-            if message_type == "http.response.start":
-                status_code = status_code or message["status"]  # a second start is refused
-                if response_header is not None:
-                    message["headers"] = [*message.get("headers", ()), response_header]
-            elif message_type == "websocket.accept":
-                status_code = 101
-            elif message_type == "websocket.close" and status_code == 0:
-                status_code = 403  # closed before the handshake: the server answers 403
-            elif message_type == "websocket.http.response.start":
-                status_code = message["status"]
-            await send(message)
-            if message_type == "http.response.body" and not message.get("more_body", False):
-                # The request ends here for the span; background tasks run after it.
-                end_time = time_ns()
-
-        error_type: str | None = None
-        try:
-            await self.app(scope, receive, send_traced)
-        except Exception as exc:
-            error_type = record_error(started[0], exc)
-            raise
-        finally:
-            route = route_template(scope, entry)
-            finish(started, scope, route, status_code, error_type, end_time)
-
-    def begin(self, scope: Scope, request_id: str | None = None) -> Started | None:
-        """Start this request's server span and make it current; None when it gets none.
-
-        `request_id` defaults to the current one (set by the request ID middleware).
-        """
+    def start(self, exchange: Exchange) -> _SpanState | None:
         tracer = self.tracing.tracer
         if tracer is None:
             return None  # before start-up or after shutdown: requests pass through
-        app = scope.get("app")
-        if app is not self._quieted:
-            # The lifespan did not pass through us (instrument() on a running app, or a
-            # test driving app.router.lifespan_context): quiet FastAPI's span from now on.
-            quiet_fastapi_tracing(app)
-            self._quieted = app
-        native = scope.get("fastapi.telemetry")
-        if native is not None and getattr(native, "span", None) is not None:
-            # FastAPI opened this request's server span before we could stop it (see
-            # above): one server span per request, so for this one it is FastAPI's.
+        scope = exchange.scope
+        if scope.get("fastapi.telemetry") is not None and _server_span_current():
+            # FastAPI's native telemetry, outside us, opened this request's server span.
+            if not self.warned_about_fastapi:
+                self.warned_about_fastapi = True
+                logger.warning(FASTAPI_SPAN_SEEN)
             return None
-        # A FastAPI app mounted below us checks this key and then opens no span of its own
-        # (excluded paths included).
+        # A FastAPI app mounted below us checks this scope key and then opens no span of
+        # its own (excluded paths included).
         scope.setdefault("fastapi.telemetry", None)
         if self.excluded(scope["path"]):
             return None
+        tracing = self.tracing
         try:
-            name, attributes, parent = _start_attributes(
-                scope, self.tracing, request_id or current_request_id()
-            )
+            name, attributes, parent = _start_attributes(scope, tracing, exchange.request_id)
             caller: SpanContext | None = None
-            if parent is not None and self.tracing.policy == "restart":
+            if parent is not None and tracing.policy == "restart":
                 # A new trace that remembers the caller's span; its baggage stays outside.
                 caller = span_of(parent).get_span_context()
                 parent = None
             base = parent if parent is not None else current_context()
-            light = self.tracing.light
+            light = tracing.light
             if light is not None:
                 span = light.start(name, parent, span_of(base))
-            elif self.tracing.early_attributes:
+            elif tracing.early_attributes:
                 span = tracer.start_span(name, parent, _SERVER, attributes)
                 attributes = {}
             else:
                 # The sampler ignores attributes: hand them over once, at the end, with
                 # the rest (the SDK validates start attributes twice, for the sampler
-                # and for the span, the largest part of a span's cost).
+                # and for the span).
                 span = tracer.start_span(name, parent, _SERVER)
             if caller is not None and caller.is_valid:
                 span.add_link(caller)
@@ -411,11 +372,56 @@ class TracingMiddleware:
         except Exception:  # observability must never break the request
             logger.exception("could not start the request's span")
             return None
-        return span, token, name, attributes
+        exchange.traced = True
+        exchange.trace_ids = sampled_ids(span)
+        header = (
+            traceresponse(span) if tracing.response_header and scope["type"] == "http" else None
+        )
+        return _SpanState(span, token, name, attributes, header)
+
+    def response_started(self, exchange: Exchange, state: _SpanState, message: Message) -> None:
+        if state.response_header is not None and message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), state.response_header]
+
+    def failed(self, exchange: Exchange, state: _SpanState, error: Exception) -> None:
+        state.error_type = record_error(state.span, error)
+
+    def finish(self, exchange: Exchange, state: _SpanState) -> None:
+        """End the span with what the response told us, and restore the caller's context."""
+        span = state.span
+        try:
+            if span.is_recording():
+                _end_attributes(
+                    span, state.name, state.attributes, exchange.scope, exchange.route,
+                    exchange.status, state.error_type,
+                )  # fmt: skip
+            span.end(exchange.end_time)
+        except Exception:  # never replace the app's own exception with ours
+            logger.exception("could not end the request's span")
+        finally:
+            detach(state.token)
 
 
-# A started server span: (span, context token, initial name, attributes to set at the end).
-Started = tuple[trace.Span, object, str, dict[str, Any]]
+class TracingMiddleware(Pipeline):
+    """Tracing alone, as an ASGI middleware: set up from `settings` (default: the
+    environment) at lifespan start-up, like `instrument()` does with every concern."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: ObservabilitySettings | None = None,
+        *,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
+        lifecycle = Lifecycle()
+        hooks = tracing_hooks(settings or ObservabilitySettings(), lifecycle, tracer_provider)
+        super().__init__(app, (hooks,), lifecycle)
+
+
+def _server_span_current() -> bool:
+    """Whether a valid SERVER span is current: FastAPI's own, when its scope key is set."""
+    span = trace.get_current_span()
+    return span.get_span_context().is_valid and getattr(span, "kind", None) is _SERVER
 
 
 TRACERESPONSE = b"traceresponse"
@@ -444,29 +450,6 @@ def record_error(span: trace.Span, exc: BaseException) -> str | None:
         span.record_exception(exc)
         return _type_name(type(exc))
     return None
-
-
-def finish(
-    started: Started,
-    scope: Scope,
-    route: str | None,
-    status_code: int,
-    error_type: str | None,
-    end_time: int | None,
-) -> None:
-    """End the span with what the response told us, and restore the caller's context.
-
-    `route` is the matched route template, None when no route matched.
-    """
-    span, token, name, attributes = started
-    try:
-        if span.is_recording():
-            _end_attributes(span, name, attributes, scope, route, status_code, error_type)
-        span.end(end_time)
-    except Exception:  # never replace the app's own exception with ours
-        logger.exception("could not end the request's span")
-    finally:
-        detach(token)
 
 
 def _start_attributes(
@@ -609,11 +592,11 @@ def _normal_close(exc: BaseException) -> bool:
 
 
 def _provider_for(
-    settings: ObservabilitySettings,
+    settings: ObservabilitySettings, given: TracerProvider | None
 ) -> tuple[TracerProvider, bool, ExportGuard | None]:
     """(provider, whether we own it, our export guard) for this process."""
-    if _injected_provider is not None:
-        return _injected_provider, False, None
+    if given is not None:
+        return given, False, None  # the service's own: not made global, never shut down
     current = trace.get_tracer_provider()
     registrable = isinstance(current, trace.ProxyTracerProvider)
     if not registrable and not any(current is retired for retired in _retired):

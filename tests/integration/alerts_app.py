@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from amani_observability import ObservabilitySettings, instrument
 from amani_observability.alerts import get_dispatcher
 
-app = FastAPI()
+app = FastAPI(telemetry={"tracing": False})
 
 
 @app.get("/health")

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from amani_observability import ObservabilitySettings, instrument
 
-app = FastAPI()
+app = FastAPI(telemetry={"tracing": False})
 
 
 @app.get("/health")

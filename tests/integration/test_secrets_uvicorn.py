@@ -34,7 +34,7 @@ from fastapi import Body, FastAPI
 from amani_observability import ObservabilitySettings, instrument
 from amani_observability.alerts import send_alert
 
-app = FastAPI()
+app = FastAPI(telemetry={"tracing": False})
 
 
 @app.get("/health")

@@ -7,7 +7,7 @@ from opentelemetry import baggage
 
 from amani_observability import ObservabilitySettings, instrument
 
-app = FastAPI()
+app = FastAPI(telemetry={"tracing": False})
 
 
 @app.get("/health")
