@@ -27,7 +27,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from amani_observability._metrics_middleware import MetricsEndpoint
+from amani_observability.metrics._middleware import MetricsEndpoint
 from benchmarks.harness import low_quantile, publish
 
 TARGET = 1.2

@@ -80,7 +80,7 @@ def _reset_metrics() -> None:
 
     _correlation.set_trace_ids_getter(None)
     metrics.use_buckets(DEFAULT_BUCKETS)
-    metrics_middleware = sys.modules.get("amani_observability._metrics_middleware")
+    metrics_middleware = sys.modules.get("amani_observability.metrics._middleware")
     if metrics_middleware is not None:
         metrics_middleware.endpoint_cap.reset()
     for labelled in (
@@ -121,7 +121,7 @@ def sentry_server() -> Iterator[Any]:
     import sentry_sdk
 
     from amani_observability._correlation import current_trace_ids
-    from amani_observability._sentry_seam import unbridge_traces
+    from amani_observability.sentry._sentry_seam import unbridge_traces
     from tests.sentry_stand_in import SentryStandIn
 
     with SentryStandIn() as stand_in:

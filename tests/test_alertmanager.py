@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 
 from amani_observability import ConfigurationError, ObservabilitySettings
-from amani_observability._alert_channels import alertname_slug
 from amani_observability.alerts import (
     SERVICE_ALERTS_RUNBOOK,
     AlertDispatcher,
     AlertResult,
 )
+from amani_observability.alerts._channels import alertname_slug
 from amani_observability.assets import runbook_url
 from amani_observability.cli import main, mask
 from tests import test_alerts

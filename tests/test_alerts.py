@@ -24,15 +24,8 @@ from starlette.applications import Starlette
 from amani_observability import (
     ConfigurationError,
     ObservabilitySettings,
-    _alert_delivery,
     alerts,
     instrument,
-)
-from amani_observability._alert_channels import (
-    SLACK_MAX_BLOCKS,
-    SLACK_TEXT_LIMIT,
-    SlackChannel,
-    default_dedup_key,
 )
 from amani_observability._losses import dropped_counter
 from amani_observability.alerts import (
@@ -46,6 +39,13 @@ from amani_observability.alerts import (
     send_alert,
     send_pagerduty_alert,
     send_slack_alert,
+)
+from amani_observability.alerts import _delivery as _alert_delivery
+from amani_observability.alerts._channels import (
+    SLACK_MAX_BLOCKS,
+    SLACK_TEXT_LIMIT,
+    SlackChannel,
+    default_dedup_key,
 )
 from tests.conftest import free_port, lifespan
 from tests.http_standin import Recorded, Reply, SlackRateLimit, StandIn, StandInProcess

@@ -28,13 +28,13 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 from opentelemetry.trace.span import TraceState
 
 from amani_observability import ObservabilitySettings, instrument
-from amani_observability._otel_seam import (
+from amani_observability.tracing import add_span_attributes, get_tracer
+from amani_observability.tracing._otel_seam import (
     LightSpan,
     _root_decision,
     light_pipeline,
     span_record,
 )
-from amani_observability.tracing import add_span_attributes, get_tracer
 from tests.conftest import lifespan
 
 

@@ -19,8 +19,8 @@ from starlette.routing import Route
 
 from amani_observability import ObservabilitySettings, configure_logging, instrument
 from amani_observability._losses import KNOWN_LOSSES, dropped_counter
-from amani_observability._tracing_export import CountingBatchSpanProcessor, ExportGuard
 from amani_observability.sentry import init_sentry
+from amani_observability.tracing._export import CountingBatchSpanProcessor, ExportGuard
 from tests.conftest import free_port, lifespan
 from tests.support import call_asgi, http_scope
 

@@ -25,7 +25,7 @@ from starlette.routing import Mount, Route
 from amani_observability import ObservabilitySettings, instrument
 from amani_observability._asgi import KNOWN_METHODS, UNMATCHED_ROUTE
 from amani_observability._correlation import set_trace_ids_getter
-from amani_observability._metrics_middleware import MetricsEndpoint
+from amani_observability.metrics._middleware import MetricsEndpoint
 from tests.conftest import require_binary
 from tests.support import call_asgi, http_scope, response_headers
 
@@ -643,7 +643,7 @@ async def test_pathsend_is_the_final_message_of_a_file_response() -> None:
     ],
 )
 def test_in_progress_route_prediction_follows_the_route_table(path: str, template: str) -> None:
-    from amani_observability._metrics_middleware import _RoutePredictor
+    from amani_observability.metrics._middleware import _RoutePredictor
 
     async def endpoint(request: Any) -> PlainTextResponse:
         return PlainTextResponse("")

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from amani_observability._multiproc import stale_files
+from amani_observability.metrics._multiproc import stale_files
 
 
 def dead_pid() -> int:

@@ -33,11 +33,11 @@ from amani_observability._correlation import current_trace_ids, request_id_var
 from amani_observability._lifecycle import Lifecycle
 from amani_observability._losses import DROPPED_METRIC
 from amani_observability._pipeline import HOOK_FAILED, Pipeline, RequestHooks
-from amani_observability._sentry_seam import unbridge_traces
 from amani_observability.logs import AccessLog, AccessLogHooks
 from amani_observability.metrics import metrics_hooks
 from amani_observability.request_id import RequestIDHooks
 from amani_observability.sentry import SentryHooks, init_sentry
+from amani_observability.sentry._sentry_seam import unbridge_traces
 from amani_observability.tracing import tracing_hooks
 from tests.conftest import lifespan
 from tests.sentry_stand_in import SentryStandIn

@@ -25,7 +25,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from amani_observability import ObservabilitySettings, instrument
-from amani_observability._metrics_middleware import ENDPOINTS_OVERFLOW, OVERFLOW_ROUTE
+from amani_observability.metrics._middleware import ENDPOINTS_OVERFLOW, OVERFLOW_ROUTE
 from tests.conftest import lifespan
 from tests.sentry_stand_in import SentryStandIn
 from tests.support import call_asgi, http_scope

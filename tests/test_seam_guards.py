@@ -22,12 +22,12 @@ from prometheus_client import REGISTRY
 from amani_observability import (
     ObservabilitySettings,
     _fallbacks,
-    _otel_seam,
     instrument,
     metrics,
     sentry,
 )
 from amani_observability.request_id import current_request_id
+from amani_observability.tracing import _otel_seam
 from tests.conftest import lifespan
 from tests.sentry_stand_in import SentryStandIn
 from tests.support import call_asgi, http_scope

@@ -21,10 +21,10 @@ from prometheus_client import REGISTRY
 from amani_observability import (
     ObservabilitySettings,
     _gates,
-    _otel_seam,
     _prometheus_seam,
     instrument,
 )
+from amani_observability.tracing import _otel_seam
 from tests.conftest import lifespan
 from tests.test_light_span import comparable
 

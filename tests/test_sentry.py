@@ -30,7 +30,6 @@ from amani_observability import sentry as sentry_module
 from amani_observability._correlation import current_trace_ids
 from amani_observability._own_traffic import own_traffic
 from amani_observability._redaction import redactor_for
-from amani_observability._sentry_seam import trace_bridge, unbridge_traces
 from amani_observability._startup import SUMMARY_PREFIX
 from amani_observability.sentry import (
     SENTRY_DISABLED,
@@ -41,6 +40,7 @@ from amani_observability.sentry import (
     http_status_of,
     init_sentry,
 )
+from amani_observability.sentry._sentry_seam import trace_bridge, unbridge_traces
 from tests.conftest import free_port, lifespan
 from tests.sentry_stand_in import SentryStandIn
 from tests.support import call_asgi, http_scope
@@ -1033,7 +1033,7 @@ sentry_sdk.flush(timeout=10)
     [
         # Ours: asyncio.to_thread runs in its copied context, with the request's own
         # scopes, and the scope copies the SDK would make (unseen by the function) are gone.
-        ("default", "amani_observability._sentry_threads", 0),
+        ("default", "amani_observability.sentry._threads", 0),
         # A ThreadingIntegration of the service's own is used as given: two forks at
         # submit() and one more as the worker thread enters them.
         ("own", "sentry_sdk.integrations.threading", 3),

@@ -37,17 +37,17 @@ from amani_observability import (
     instrument,
     tracing,
 )
-from amani_observability._tracing_export import (
-    EXPORT_FAILED,
-    SHUTDOWN_ABANDON_WAIT,
-    SHUTDOWN_GAVE_UP,
-)
 from amani_observability.logs import configure_logging
 from amani_observability.tracing import (
     FASTAPI_SPAN_SEEN,
     REQUEST_ID_ATTRIBUTE,
     add_span_attributes,
     get_tracer,
+)
+from amani_observability.tracing._export import (
+    EXPORT_FAILED,
+    SHUTDOWN_ABANDON_WAIT,
+    SHUTDOWN_GAVE_UP,
 )
 from tests.conftest import free_port, lifespan
 from tests.support import OTLPReceiver, http_scope, otlp_value

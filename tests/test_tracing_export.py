@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from amani_observability._tracing_export import ExportGuard
+from amani_observability.tracing._export import ExportGuard
 
 
 class _FailingExporter(SpanExporter):

@@ -23,10 +23,10 @@ def fast_paths() -> list[FastPath]:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
-    from . import _otel_seam
     from ._prometheus_seam import histogram_parts
     from ._routes import ROUTER_SETS_ROUTE
-    from ._sentry_seam import NATIVE_TRACE_BRIDGE
+    from .sentry._sentry_seam import NATIVE_TRACE_BRIDGE
+    from .tracing import _otel_seam
 
     provider = TracerProvider(sampler=ALWAYS_ON)
     processor = BatchSpanProcessor(InMemorySpanExporter())

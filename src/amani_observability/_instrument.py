@@ -96,7 +96,7 @@ _warned: set[str] = set()
 
 def _report_stale_multiprocess_files() -> None:
     """Once per worker: files of a previous run in PROMETHEUS_MULTIPROC_DIR (_multiproc.py)."""
-    from ._multiproc import STALE_FILES, server_start_time, stale_files
+    from .metrics._multiproc import STALE_FILES, server_start_time, stale_files
 
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
     files, processes = stale_files(directory, server_start_time())

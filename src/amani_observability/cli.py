@@ -585,7 +585,7 @@ def send_sentry_test_event(
     """
     import sentry_sdk
 
-    from ._sentry_seam import answer_recording_transport
+    from .sentry._sentry_seam import answer_recording_transport
 
     answers: list[str] = []
     client = sentry_sdk.Client(
@@ -638,7 +638,7 @@ def _fast_paths_here(settings: ObservabilitySettings) -> list[str]:
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
         from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-        from ._otel_seam import describe, light_decision
+        from .tracing._otel_seam import describe, light_decision
 
         provider = TracerProvider(
             sampler=ParentBased(TraceIdRatioBased(settings.tracing_sample_rate)),

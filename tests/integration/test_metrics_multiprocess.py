@@ -10,7 +10,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from amani_observability._multiproc import STALE_FILES
+from amani_observability.metrics._multiproc import STALE_FILES
 from tests.conftest import free_port
 from tests.support import UvicornProcess
 

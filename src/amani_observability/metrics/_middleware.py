@@ -26,7 +26,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.samples import Exemplar
 from starlette.concurrency import run_in_threadpool
 
-from ._asgi import (
+from .._asgi import (
     KNOWN_METHODS,
     OTHER_METHOD,
     UNMATCHED_ROUTE,
@@ -37,15 +37,15 @@ from ._asgi import (
     compile_paths,
     header_value,
 )
-from ._correlation import TraceIds
-from ._pipeline import Exchange, RequestHooks
-from ._prometheus_seam import (
+from .._correlation import TraceIds
+from .._pipeline import Exchange, RequestHooks
+from .._prometheus_seam import (
     bucket_exemplar_setters,
     histogram_parts,
     inc_of,
     values_in_memory,
 )
-from ._routes import table_of
+from .._routes import table_of
 
 logger = logging.getLogger("amani_observability.metrics")
 

@@ -39,8 +39,8 @@ from opentelemetry.trace import (
     TracerProvider,
 )
 
-from . import _correlation
-from ._asgi import (
+from .. import _correlation
+from .._asgi import (
     KNOWN_METHODS,
     OTHER_METHOD,
     ASGIApp,
@@ -48,8 +48,19 @@ from ._asgi import (
     Scope,
     compile_paths,
 )
-from ._correlation import TraceIds
-from ._lifecycle import Lifecycle
+from .._correlation import TraceIds
+from .._lifecycle import Lifecycle
+from .._pipeline import Exchange, Pipeline, RequestHooks
+from .._redaction import mask_userinfo, redactor_for
+from .._version import __version__
+from ..settings import ObservabilitySettings, parse_otlp_headers
+from ._export import (
+    CountingBatchSpanProcessor,
+    ExportGuard,
+    max_queue_size,
+    quiet_exporter_logs,
+    shut_down,
+)
 from ._otel_seam import (
     LightPipeline,
     LightSpan,
@@ -61,20 +72,9 @@ from ._otel_seam import (
     light_decision,
     span_of,
 )
-from ._pipeline import Exchange, Pipeline, RequestHooks
-from ._redaction import mask_userinfo, redactor_for
-from ._tracing_export import (
-    CountingBatchSpanProcessor,
-    ExportGuard,
-    max_queue_size,
-    quiet_exporter_logs,
-    shut_down,
-)
-from ._version import __version__
-from .settings import ObservabilitySettings, parse_otlp_headers
 
 if TYPE_CHECKING:
-    from .settings import ObservabilitySettings
+    from ..settings import ObservabilitySettings
 
 __all__ = ["REQUEST_ID_ATTRIBUTE", "TracingMiddleware", "add_span_attributes", "get_tracer"]
 

@@ -62,8 +62,8 @@ from opentelemetry.trace.span import DEFAULT_TRACE_STATE, TraceState
 from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util.types import Attributes, AttributeValue
 
-from ._gates import installed, tested
-from ._tracing_export import CountingBatchSpanProcessor
+from .._gates import installed, tested
+from ._export import CountingBatchSpanProcessor
 
 logger = logging.getLogger("amani_observability.tracing")
 

@@ -34,30 +34,30 @@ from sentry_sdk.scrubber import DEFAULT_DENYLIST, EventScrubber
 from sentry_sdk.serializer import add_global_repr_processor
 from sentry_sdk.utils import BadDsn, event_from_exception, iter_event_frames
 
-from ._asgi import UNMATCHED_ROUTE, ASGIApp, Message, Scope, compile_paths
-from ._correlation import current_trace_ids
-from ._fallbacks import fallback_taken as _fallback_taken
-from ._own_traffic import is_own_traffic
-from ._pipeline import Exchange, Pipeline, RequestHooks
-from ._redaction import REDACTED, Redactor, redactor_for
-from ._routes import RouteEntry, route_template
-from ._sentry_losses import LossCountingTransport
-from ._sentry_losses import wants_ours as wants_our_transport
-from ._sentry_queries import (
+from .._asgi import UNMATCHED_ROUTE, ASGIApp, Message, Scope, compile_paths
+from .._correlation import current_trace_ids
+from .._fallbacks import fallback_taken as _fallback_taken
+from .._own_traffic import is_own_traffic
+from .._pipeline import Exchange, Pipeline, RequestHooks
+from .._redaction import REDACTED, Redactor, redactor_for
+from .._routes import RouteEntry, route_template
+from ..exceptions import ConfigurationError
+from ..logs import ACCESS_LOGGER
+from ..settings import ObservabilitySettings
+from ._losses import LossCountingTransport
+from ._losses import wants_ours as wants_our_transport
+from ._queries import (
     listed,
     record_queries,
     sqlalchemy_integration,
     wants_the_sdks_query_spans,
 )
 from ._sentry_seam import bridge_traces, current_scope_var, isolation_scope_var, unbridge_traces
-from ._sentry_threads import ThreadingIntegration
-from ._sentry_threads import wants_ours as wants_our_threading
-from .exceptions import ConfigurationError
-from .logs import ACCESS_LOGGER
-from .settings import ObservabilitySettings
+from ._threads import ThreadingIntegration
+from ._threads import wants_ours as wants_our_threading
 
 if TYPE_CHECKING:
-    from ._lifecycle import Lifecycle
+    from .._lifecycle import Lifecycle
 
 __all__ = [
     "SentryMiddleware",

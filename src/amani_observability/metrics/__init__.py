@@ -29,23 +29,23 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
-from ._asgi import ASGIApp
-from ._fallbacks import fallback_taken as _fallback_taken
-from ._metrics_middleware import MetricsEndpoint, PrometheusHooks, endpoint_cap
-from ._pipeline import Pipeline
-from ._prometheus_seam import children_of as _children_of
-from ._prometheus_seam import describe as _describe_prometheus
-from ._prometheus_seam import inc_of as _inc_of
-from ._prometheus_seam import observe_of as _observe_of
-from ._prometheus_seam import registered as _registered
-from ._prometheus_seam import upper_bounds as _upper_bounds
-from ._prometheus_seam import values_in_memory as _values_in_memory
-from ._registry import get_or_create as _get_or_create
-from .settings import DEFAULT_BUCKETS
+from .._asgi import ASGIApp
+from .._fallbacks import fallback_taken as _fallback_taken
+from .._pipeline import Pipeline
+from .._prometheus_seam import children_of as _children_of
+from .._prometheus_seam import describe as _describe_prometheus
+from .._prometheus_seam import inc_of as _inc_of
+from .._prometheus_seam import observe_of as _observe_of
+from .._prometheus_seam import registered as _registered
+from .._prometheus_seam import upper_bounds as _upper_bounds
+from .._prometheus_seam import values_in_memory as _values_in_memory
+from .._registry import get_or_create as _get_or_create
+from ..settings import DEFAULT_BUCKETS
+from ._middleware import MetricsEndpoint, PrometheusHooks, endpoint_cap
 
 if TYPE_CHECKING:
-    from ._lifecycle import Lifecycle
-    from .settings import ObservabilitySettings
+    from .._lifecycle import Lifecycle
+    from ..settings import ObservabilitySettings
 
 __all__ = [
     "MetricsEndpoint",

@@ -20,8 +20,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import TracerProvider
 
-from ._losses import count_dropped
-from ._redaction import mask_userinfo
+from .._losses import count_dropped
+from .._redaction import mask_userinfo
 
 # The tracing logger: users configure one logger for everything tracing reports.
 logger = logging.getLogger("amani_observability.tracing")

@@ -21,11 +21,11 @@ from typing import Any, Literal
 import httpx
 from prometheus_client import Counter
 
-from ._alert_channels import ChannelRequest
-from ._own_traffic import own_traffic
-from ._redaction import mask_userinfo
-from ._registry import get_or_create
-from ._version import __version__
+from .._own_traffic import own_traffic
+from .._redaction import mask_userinfo
+from .._registry import get_or_create
+from .._version import __version__
+from ._channels import ChannelRequest
 
 Outcome = Literal["delivered", "failed", "throttled", "not_configured", "rejected"]
 OUTCOMES: tuple[str, ...] = ("delivered", "failed", "throttled", "not_configured", "rejected")

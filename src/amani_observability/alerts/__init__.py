@@ -27,7 +27,11 @@ from typing import Any, cast
 
 import httpx
 
-from ._alert_channels import (
+from .._losses import count_dropped
+from .._redaction import redactor_for
+from ..assets import runbook_url
+from ..settings import ObservabilitySettings
+from ._channels import (
     ACTIONS,
     SEVERITIES,
     Action,
@@ -41,7 +45,7 @@ from ._alert_channels import (
     SlackChannel,
     WebhookChannel,
 )
-from ._alert_delivery import (
+from ._delivery import (
     OUTCOMES,
     AlertResult,
     Backoff,
@@ -54,11 +58,7 @@ from ._alert_delivery import (
     hide_in_httpx_logs,
     new_client,
 )
-from ._alert_queue import Backlog
-from ._losses import count_dropped
-from ._redaction import redactor_for
-from .assets import runbook_url
-from .settings import ObservabilitySettings
+from ._queue import Backlog
 
 __all__ = [
     "ACTIONS",

@@ -12,7 +12,7 @@ from typing import Any
 
 from sentry_sdk.transport import HttpTransport
 
-from ._losses import count_dropped
+from .._losses import count_dropped
 
 # Reasons for an event that was meant to be sent and was not. The others (before_send,
 # event_processor, sample_rate, ...) are drops that someone chose.

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
-from ._redaction import mask_userinfo
+from .._redaction import mask_userinfo
 
 Severity = Literal["critical", "error", "warning", "info"]
 Action = Literal["trigger", "acknowledge", "resolve"]
