@@ -149,10 +149,10 @@ def _reset_tracing() -> None:
     trace._TRACER_PROVIDER_SET_ONCE = Once()
     trace._TRACER_PROVIDER = None
     _correlation.set_trace_ids_getter(None)
-    tracing = sys.modules.get("amani_observability.tracing")
-    if tracing is not None:
-        tracing._active.provider = None
-        tracing._retired.clear()
+    provider_module = sys.modules.get("amani_observability.tracing._provider")
+    if provider_module is not None:
+        provider_module.active.provider = None
+        provider_module.retired.clear()
 
 
 @asynccontextmanager

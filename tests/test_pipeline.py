@@ -38,7 +38,7 @@ from amani_observability.metrics import metrics_hooks
 from amani_observability.request_id import RequestIDHooks
 from amani_observability.sentry import SentryHooks, init_sentry
 from amani_observability.sentry._sentry_seam import unbridge_traces
-from amani_observability.tracing import tracing_hooks
+from amani_observability.tracing._hooks import tracing_hooks
 from tests.conftest import lifespan
 from tests.sentry_stand_in import SentryStandIn
 from tests.support import http_scope

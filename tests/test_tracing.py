@@ -35,20 +35,16 @@ from amani_observability import (
     ObservabilitySettings,
     _correlation,
     instrument,
-    tracing,
 )
 from amani_observability.logs import configure_logging
-from amani_observability.tracing import (
-    FASTAPI_SPAN_SEEN,
-    REQUEST_ID_ATTRIBUTE,
-    add_span_attributes,
-    get_tracer,
-)
+from amani_observability.tracing import REQUEST_ID_ATTRIBUTE, add_span_attributes, get_tracer
+from amani_observability.tracing import _provider as tracing_provider
 from amani_observability.tracing._export import (
     EXPORT_FAILED,
     SHUTDOWN_ABANDON_WAIT,
     SHUTDOWN_GAVE_UP,
 )
+from amani_observability.tracing._hooks import FASTAPI_SPAN_SEEN
 from tests.conftest import free_port, lifespan
 from tests.support import OTLPReceiver, http_scope, otlp_value
 
@@ -728,7 +724,7 @@ async def test_the_provider_is_built_at_startup_registered_and_shut_down() -> No
             "localParentNotSampled:AlwaysOffSampler}"
         )
     assert provider._active_span_processor._span_processors == ()
-    assert tracing._retired == [provider]
+    assert tracing_provider.retired == [provider]
 
 
 async def test_a_provider_the_service_set_is_used_not_replaced(
@@ -745,7 +741,7 @@ async def test_a_provider_the_service_set_is_used_not_replaced(
             await c.get("/items/1")
     assert trace.get_tracer_provider() is provider
     assert [s.name for s in memory.get_finished_spans()] == ["GET /items/{item_id}"]
-    assert tracing.USING_EXISTING_PROVIDER in caplog.messages
+    assert tracing_provider.USING_EXISTING_PROVIDER in caplog.messages
     # Not ours to shut down: it still records.
     with provider.get_tracer("after").start_as_current_span("after"):
         pass
@@ -871,7 +867,7 @@ async def test_spans_reach_a_real_otlp_http_receiver() -> None:
 def test_the_console_exporter_writes_spans_as_json() -> None:
     from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
-    provider, guard = tracing.build_provider(settings(tracing_exporter="console"))
+    provider, guard = tracing_provider.build_provider(settings(tracing_exporter="console"))
     assert guard is not None
     assert isinstance(guard.exporter, ConsoleSpanExporter)
     assert guard.target == "the console"
@@ -888,7 +884,7 @@ async def test_a_dead_collector_costs_the_requests_nothing(
     """Requests succeed quickly, nothing raises, and failures are logged once per interval."""
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")  # export (and fail) often
     # Each failing export retries (1 s, then 2 s) for about 3 s on the batch thread.
-    monkeypatch.setattr(tracing, "EXPORT_TIMEOUT", 5.0)
+    monkeypatch.setattr(tracing_provider, "EXPORT_TIMEOUT", 5.0)
     app = fastapi_app(tracing_exporter="otlp", otlp_endpoint=f"http://127.0.0.1:{free_port()}")
     transport = httpx.ASGITransport(app=app)
     durations: list[float] = []

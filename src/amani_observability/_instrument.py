@@ -187,7 +187,7 @@ def _build_hooks(
 
     # tracing: see tracing.py
     if settings.tracing_enabled:
-        from .tracing import tracing_hooks
+        from .tracing._hooks import tracing_hooks
 
         hooks.append(tracing_hooks(settings, lifecycle, tracer_provider))
 

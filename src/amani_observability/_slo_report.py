@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from .assets import check_job
-from .cli import _write
+from ._output import write as _write
+from ._runbooks import check_job
 from .exceptions import ConfigurationError
 from .settings import DEFAULT_BUCKETS
 from .slo import (

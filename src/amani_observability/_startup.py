@@ -148,7 +148,7 @@ def _tracing(settings: ObservabilitySettings) -> str:
     elif exporter == "none":
         target = "not exported"
     else:
-        from .tracing import DEFAULT_ENDPOINTS
+        from .tracing._provider import DEFAULT_ENDPOINTS
 
         target = f"to {_host(settings.otlp_endpoint or DEFAULT_ENDPOINTS[exporter])}"
     extras = [

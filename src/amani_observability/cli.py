@@ -33,7 +33,9 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
-from ._redaction import REDACTED, mask_userinfo, redactor_for, url_origin
+from ._output import use_redaction
+from ._output import write as _write
+from ._redaction import REDACTED, mask_userinfo, url_origin
 from ._startup import ENV_TYPO, env_typos, summary
 from ._version import __version__
 from .assets import (
@@ -53,8 +55,6 @@ if TYPE_CHECKING:
 TEST_EVENT_MESSAGE = "amani-observability check: test event"
 TEST_ALERT_MESSAGE = "amani-observability check: test alert"
 MASK = REDACTED
-# REDACT_KEYS of the settings `check` read, once it has read them.
-_redactor = redactor_for(())
 # Channels whose test alert is resolved right after it was delivered.
 RESOLVED_TEST_ALERT_CHANNELS = ("alertmanager",)
 # Where the OpenTelemetry exporters send when no endpoint is configured.
@@ -268,13 +268,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _write(line: str, *, error: bool = False) -> None:
-    stream = sys.stderr if error else sys.stdout
-    # Every URL printed (settings, arguments, errors, Prometheus' answers) is redacted.
-    stream.write(_redactor.urls_in(line) + "\n")
-    stream.flush()
-
-
 def _export(args: argparse.Namespace) -> int:
     try:
         slos = None
@@ -373,8 +366,7 @@ class _Check:
         except ConfigurationError as exc:
             _write(f"FAIL  settings: {exc}")
             return 2
-        global _redactor
-        _redactor = redactor_for(tuple(settings.redact_keys))
+        use_redaction(settings.redact_keys)
 
         _write("Effective configuration (secrets masked):")
         for name in type(settings).model_fields:

@@ -42,7 +42,7 @@ from pydantic import (
     field_validator,
 )
 
-from .assets import check_job, runbook_url
+from ._runbooks import check_job, runbook_url
 from .exceptions import ConfigurationError
 from .settings import DEFAULT_BUCKETS
 

@@ -26,7 +26,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from .._version import __version__
+from .._runbooks import DOCS_RUNBOOKS_URL, check_job, runbook_url
 
 if TYPE_CHECKING:
     from ..slo import SLOFile
@@ -56,11 +56,6 @@ EXPORT_SUBDIRECTORY = "config"
 DEFAULT_JOB = "amani-backend"
 DEFAULT_MEMORY_LIMIT_BYTES = 536_870_912  # 512 MiB
 
-# The runbooks of the installed version, as published with the project's sources: an
-# exported rule must link somewhere that exists after it leaves this repository.
-DOCS_RUNBOOKS_URL = (
-    f"https://github.com/amani-observability/amani-observability/blob/v{__version__}/docs/runbooks"
-)
 # The Kubernetes export's files, in DIR/kubernetes/.
 KUBERNETES_SUBDIRECTORY = "kubernetes"
 KUBERNETES_FILES = (
@@ -82,30 +77,10 @@ _K8S_LABEL_KEY = re.compile(r"([a-z0-9.-]{1,253}/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,
 _K8S_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?")
 _MEMORY_LIMIT = str(DEFAULT_MEMORY_LIMIT_BYTES)
 # A Prometheus job name we can put inside a double-quoted PromQL string without escaping.
-_JOB_NAME = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")
 
 
 def _read(name: str) -> str:
     return files(__name__).joinpath(name).read_text(encoding="utf-8")
-
-
-def runbook_url(page: str, anchor: str = "", *, base_url: str | None = None) -> str:
-    """The absolute URL of a runbook section: `base_url/page#anchor`.
-
-    Without `base_url`, the runbooks of the installed version in the project's published
-    docs (`DOCS_RUNBOOKS_URL`). Every `runbook_url` the library writes comes from here.
-    """
-    base = DOCS_RUNBOOKS_URL if base_url is None else base_url.strip()
-    if not _URL.fullmatch(base):
-        raise ValueError(f"runbook base URL {base!r} must be an http:// or https:// URL")
-    return f"{base.rstrip('/')}/{page}" + (f"#{anchor}" if anchor else "")
-
-
-def check_job(job: str) -> str:
-    """Return `job` if it is a Prometheus job name the rules can quote; else ValueError."""
-    if not _JOB_NAME.fullmatch(job):
-        raise ValueError(f"job {job!r} must be 1-128 characters of letters, digits and _ . : / -")
-    return job
 
 
 def alert_rules(
