@@ -36,7 +36,8 @@ from amani_observability._pipeline import HOOK_FAILED, Pipeline, RequestHooks
 from amani_observability.logs import AccessLog, AccessLogHooks
 from amani_observability.metrics import metrics_hooks
 from amani_observability.request_id import RequestIDHooks
-from amani_observability.sentry import SentryHooks, init_sentry
+from amani_observability.sentry import init_sentry
+from amani_observability.sentry._core import SentryHooks
 from amani_observability.sentry._sentry_seam import unbridge_traces
 from amani_observability.tracing._hooks import tracing_hooks
 from tests.conftest import lifespan

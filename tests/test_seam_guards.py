@@ -24,9 +24,9 @@ from amani_observability import (
     _fallbacks,
     instrument,
     metrics,
-    sentry,
 )
 from amani_observability.request_id import current_request_id
+from amani_observability.sentry import _core as sentry
 from amani_observability.tracing import _otel_seam
 from tests.conftest import lifespan
 from tests.sentry_stand_in import SentryStandIn

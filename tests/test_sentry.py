@@ -26,13 +26,11 @@ from sentry_sdk.consts import DEFAULT_MAX_VALUE_LENGTH
 from sentry_sdk.scope import Scope
 
 from amani_observability import ConfigurationError, ObservabilitySettings, _correlation, instrument
-from amani_observability import sentry as sentry_module
 from amani_observability._correlation import current_trace_ids
 from amani_observability._own_traffic import own_traffic
 from amani_observability._redaction import redactor_for
 from amani_observability._startup import SUMMARY_PREFIX
 from amani_observability.sentry import (
-    SENTRY_DISABLED,
     SentryMiddleware,
     add_breadcrumb,
     before_send_handler,
@@ -40,6 +38,7 @@ from amani_observability.sentry import (
     http_status_of,
     init_sentry,
 )
+from amani_observability.sentry import _core as sentry_module
 from amani_observability.sentry._sentry_seam import trace_bridge, unbridge_traces
 from tests.conftest import free_port, lifespan
 from tests.sentry_stand_in import SentryStandIn
@@ -153,7 +152,7 @@ def test_without_a_dsn_nothing_starts_and_one_info_line_says_so(
 ) -> None:
     caplog.set_level(logging.INFO, logger="amani_observability")
     assert init_sentry(settings_for(None)) is False
-    assert [r.getMessage() for r in caplog.records] == [SENTRY_DISABLED]
+    assert [r.getMessage() for r in caplog.records] == [sentry_module.SENTRY_DISABLED]
     assert sentry_sdk.get_client().is_active() is False
 
 
@@ -166,7 +165,9 @@ async def test_instrument_without_a_dsn_adds_no_sentry_layer(
         pass
     messages = [r.getMessage() for r in caplog.records]
     # Besides the start-up summary (tests/test_startup.py), Sentry says it is off.
-    assert [m for m in messages if not m.startswith(SUMMARY_PREFIX)] == [SENTRY_DISABLED]
+    assert [m for m in messages if not m.startswith(SUMMARY_PREFIX)] == [
+        sentry_module.SENTRY_DISABLED
+    ]
     assert sentry_sdk.get_client().is_active() is False
 
 

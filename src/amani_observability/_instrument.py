@@ -176,7 +176,7 @@ def _build_hooks(
 
     # Sentry: see sentry.py
     if settings.sentry_dsn is not None:
-        from .sentry import sentry_hooks
+        from .sentry._core import sentry_hooks
 
         hooks.append(sentry_hooks(settings, lifecycle))
     else:
