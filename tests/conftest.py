@@ -76,10 +76,11 @@ def _reset_metrics() -> None:
     if metrics is None:  # never imported: nothing was registered
         return
     from amani_observability import _correlation
+    from amani_observability.metrics._concern import use_buckets
     from amani_observability.settings import DEFAULT_BUCKETS
 
     _correlation.set_trace_ids_getter(None)
-    metrics.use_buckets(DEFAULT_BUCKETS)
+    use_buckets(DEFAULT_BUCKETS)
     metrics_middleware = sys.modules.get("amani_observability.metrics._middleware")
     if metrics_middleware is not None:
         metrics_middleware.endpoint_cap.reset()

@@ -15,15 +15,17 @@ import pytest
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
 from amani_observability import metrics
+from amani_observability.metrics import _sql_operation as sql_operation
 from amani_observability.metrics import (
     escrow_transactions_total,
     instrument_sqlalchemy,
     kyc_submissions_total,
     mark_process_dead,
-    sql_operation,
     track_db_query,
     user_registrations_total,
 )
+from amani_observability.metrics._concern import use_buckets
+from amani_observability.settings import DEFAULT_BUCKETS
 
 CATALOGUE = [
     ("http_requests_total", Counter, ("method", "endpoint", "status")),
@@ -90,10 +92,10 @@ def test_a_clashing_metric_of_another_type_is_a_clear_error() -> None:
 
 def test_use_buckets_replaces_the_histograms_only_when_the_layout_changes() -> None:
     original = metrics.http_request_duration_seconds
-    metrics.use_buckets(metrics.DEFAULT_BUCKETS)
+    use_buckets(DEFAULT_BUCKETS)
     assert metrics.http_request_duration_seconds is original
 
-    metrics.use_buckets((0.1, 1.0))
+    use_buckets((0.1, 1.0))
     assert metrics.http_request_duration_seconds is not original
     assert metrics.db_query_duration_seconds._upper_bounds == [0.1, 1.0, float("inf")]
     assert REGISTRY._names_to_collectors["http_request_duration_seconds"] is (
@@ -206,7 +208,7 @@ def test_query_timings_follow_a_cleared_and_a_replaced_histogram() -> None:
         metrics.db_query_duration_seconds.clear()
         conn.execute(text("SELECT 3"))
         assert query_count("SELECT") == 1.0
-        metrics.use_buckets([0.5, 2.0])
+        use_buckets([0.5, 2.0])
         conn.execute(text("SELECT 4"))
     engine.dispose()
 

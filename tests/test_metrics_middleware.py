@@ -587,7 +587,7 @@ async def test_the_middleware_alone_uses_the_catalogue_and_serves_metrics() -> N
 async def test_multiproc_dir_set_too_late_warns_and_serves_this_process(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from amani_observability.metrics import MULTIPROC_TOO_LATE
+    from amani_observability.metrics._concern import MULTIPROC_TOO_LATE
 
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     try:

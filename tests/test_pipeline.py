@@ -34,7 +34,7 @@ from amani_observability._lifecycle import Lifecycle
 from amani_observability._losses import DROPPED_METRIC
 from amani_observability._pipeline import HOOK_FAILED, Pipeline, RequestHooks
 from amani_observability.logs import AccessLog, AccessLogHooks
-from amani_observability.metrics import metrics_hooks
+from amani_observability.metrics._concern import metrics_hooks
 from amani_observability.request_id import RequestIDHooks
 from amani_observability.sentry import init_sentry
 from amani_observability.sentry._core import SentryHooks

@@ -166,7 +166,7 @@ def _build_hooks(
     # metrics (innermost): see metrics.py
     if settings.metrics_enabled:
         from ._losses import declare_known_losses
-        from .metrics import metrics_hooks
+        from .metrics._concern import metrics_hooks
 
         declare_known_losses()
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

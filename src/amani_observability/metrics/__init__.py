@@ -25,27 +25,20 @@ import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from time import perf_counter
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, TypeVar, cast
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from .._asgi import ASGIApp
 from .._fallbacks import fallback_taken as _fallback_taken
 from .._pipeline import Pipeline
 from .._prometheus_seam import children_of as _children_of
-from .._prometheus_seam import describe as _describe_prometheus
 from .._prometheus_seam import inc_of as _inc_of
 from .._prometheus_seam import observe_of as _observe_of
-from .._prometheus_seam import registered as _registered
-from .._prometheus_seam import upper_bounds as _upper_bounds
-from .._prometheus_seam import values_in_memory as _values_in_memory
 from .._registry import get_or_create as _get_or_create
 from ..settings import DEFAULT_BUCKETS
-from ._middleware import MetricsEndpoint, PrometheusHooks, endpoint_cap
-
-if TYPE_CHECKING:
-    from .._lifecycle import Lifecycle
-    from ..settings import ObservabilitySettings
+from ._histograms import db_duration_histogram, http_duration_histogram
+from ._middleware import MetricsEndpoint, PrometheusHooks
 
 __all__ = [
     "MetricsEndpoint",
@@ -65,27 +58,7 @@ __all__ = [
 
 logger = logging.getLogger("amani_observability.metrics")
 
-MULTIPROC_TOO_LATE = (
-    "PROMETHEUS_MULTIPROC_DIR was set after prometheus_client was imported, so this "
-    "process keeps its metrics in memory; /metrics shows this process only. Set the "
-    "variable before Python starts."
-)
-
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _histogram(
-    name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]
-) -> Histogram:
-    """Get-or-create a histogram; a different bucket layout replaces the registered one."""
-    existing = _registered(REGISTRY, name)
-    if isinstance(existing, Histogram) and (_upper_bounds(existing) or ())[:-1] != tuple(buckets):
-        # Buckets are fixed at creation: METRICS_BUCKETS differing from the current
-        # layout means a new histogram (its series start from zero).
-        REGISTRY.unregister(existing)
-    return _get_or_create(
-        Histogram, name, documentation, labelnames=labelnames, buckets=tuple(buckets)
-    )
 
 
 # --- the catalogue (names, types and labels are the guide's contract) ---------------------
@@ -96,16 +69,7 @@ http_requests_total = _get_or_create(
     "HTTP requests answered, by method, route template and status code.",
     labelnames=("method", "endpoint", "status"),
 )
-_HTTP_DURATION_DOC = (
-    "Time from receiving the request to sending the last response byte, in seconds."
-)
-_DB_DURATION_DOC = "Database query duration in seconds, by operation."
-http_request_duration_seconds = _histogram(
-    "http_request_duration_seconds",
-    _HTTP_DURATION_DOC,
-    ("method", "endpoint"),
-    DEFAULT_BUCKETS,
-)
+http_request_duration_seconds = http_duration_histogram(DEFAULT_BUCKETS)
 # livesum: in multiprocess mode, the sum over live workers is the one meaningful number.
 http_requests_in_progress = _get_or_create(
     Gauge,
@@ -120,12 +84,7 @@ db_connections_active = _get_or_create(
     "Database connections checked out of the pool.",
     multiprocess_mode="livesum",
 )
-db_query_duration_seconds = _histogram(
-    "db_query_duration_seconds",
-    _DB_DURATION_DOC,
-    ("operation",),
-    DEFAULT_BUCKETS,
-)
+db_query_duration_seconds = db_duration_histogram(DEFAULT_BUCKETS)
 # The guide's business counters: name -> (documentation, labels), made by __getattr__.
 _BUSINESS_COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "escrow_transactions_total": ("Escrow transactions, by type and outcome.", ("type", "status")),
@@ -169,27 +128,6 @@ event_loop_stalls_total = _get_or_create(
 )
 
 
-def use_buckets(buckets: Sequence[float]) -> None:
-    """Give both histograms this bucket layout (instrument() applies METRICS_BUCKETS).
-
-    A changed layout replaces the histogram objects, so read them from this module
-    (``metrics.http_request_duration_seconds``) after instrument(), not before.
-    """
-    global http_request_duration_seconds, db_query_duration_seconds
-    http_request_duration_seconds = _histogram(
-        "http_request_duration_seconds",
-        _HTTP_DURATION_DOC,
-        ("method", "endpoint"),
-        buckets,
-    )
-    db_query_duration_seconds = _histogram(
-        "db_query_duration_seconds",
-        _DB_DURATION_DOC,
-        ("operation",),
-        buckets,
-    )
-
-
 # --- the concern instrument() runs innermost -----------------------------------------------
 
 
@@ -219,59 +157,10 @@ class PrometheusMiddleware(Pipeline):
         super().__init__(app, (hooks,))
 
 
-def metrics_hooks(settings: ObservabilitySettings, lifecycle: Lifecycle) -> PrometheusHooks:
-    """What instrument() runs innermost: measures the app and serves /metrics."""
-    use_buckets(settings.metrics_buckets)
-    # Per process: the last instrument() call's limit applies to every app in it.
-    endpoint_cap.limit = settings.metrics_max_endpoints
-    lifecycle.report_fast_path(_describe_prometheus)
-    multiprocess_dir = _multiprocess_dir()
-    if multiprocess_dir is not None and _values_in_memory():
-        # The values of this process live in memory: aggregating the directory would
-        # show other processes' numbers, or none, instead of ours.
-        logger.warning(MULTIPROC_TOO_LATE)
-        multiprocess_dir = None
-    if multiprocess_dir is not None:
-
-        async def forget_this_worker() -> None:
-            # This worker's live gauges (in-progress, DB connections) must stop counting
-            # once it is gone; its counters and histograms stay in the totals.
-            mark_process_dead(os.getpid(), multiprocess_dir)
-
-        lifecycle.on_shutdown(forget_this_worker)
-
-    endpoint = MetricsEndpoint(
-        multiprocess=multiprocess_dir is not None,
-        username=settings.metrics_username,
-        password=(
-            settings.metrics_password.get_secret_value() if settings.metrics_password else None
-        ),
-        bearer_token=(
-            settings.metrics_bearer_token.get_secret_value()
-            if settings.metrics_bearer_token
-            else None
-        ),
-    )
-    metrics_path = settings.metrics_path
-    excluded = [*settings.metrics_excluded_paths]
-    requests, duration = http_requests_total, http_request_duration_seconds
-    in_progress, errors = http_requests_in_progress, errors_total
-
-    return PrometheusHooks(
-        metrics_path=metrics_path,
-        excluded_paths=excluded,
-        endpoint=endpoint,
-        requests_total=requests,
-        duration=duration,
-        in_progress=in_progress,
-        errors_total=errors,
-    )
-
-
 # --- multiple worker processes ------------------------------------------------------------
 
 
-def _multiprocess_dir() -> str | None:
+def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
@@ -281,7 +170,7 @@ def mark_process_dead(pid: int, path: str | None = None) -> None:
     Call it from gunicorn's ``child_exit`` hook (see docs/metrics.md). Without
     PROMETHEUS_MULTIPROC_DIR (and no `path`) it does nothing.
     """
-    path = path or _multiprocess_dir()
+    path = path or multiprocess_dir()
     if path is None:
         return
     from prometheus_client import multiprocess
@@ -362,7 +251,7 @@ _SQL_OPERATIONS = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})
 _instrumented_engines: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-def sql_operation(statement: str) -> str:
+def _sql_operation(statement: str) -> str:
     """SELECT, INSERT, UPDATE, DELETE or OTHER: the label, never the SQL text."""
     word = statement.lstrip()[:6].upper()
     return word if word in _SQL_OPERATIONS else "OTHER"
@@ -430,7 +319,7 @@ def instrument_sqlalchemy(engine: Any) -> Any:
 
 def _observe_query(statement: str, started: float) -> None:
     elapsed = perf_counter() - started
-    _observe_duration(sql_operation(statement), elapsed)
+    _observe_duration(_sql_operation(statement), elapsed)
 
 
 # Per operation: (the histogram, its child, the child's key, the child's fast observe).
