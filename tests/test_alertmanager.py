@@ -20,7 +20,8 @@ from amani_observability.alerts import (
 )
 from amani_observability.alerts._channels import alertname_slug
 from amani_observability.assets import runbook_url
-from amani_observability.cli import main, mask
+from amani_observability.cli import _mask as mask
+from amani_observability.cli import main
 from tests import test_alerts
 from tests.http_standin import Reply, StandIn
 from tests.test_alerts import FAST, sent

@@ -25,7 +25,8 @@ from amani_observability.assets import (
     grafana_dashboard,
     kubernetes_manifests,
 )
-from amani_observability.cli import TEST_EVENT_MESSAGE, main, mask
+from amani_observability.cli import TEST_EVENT_MESSAGE, main
+from amani_observability.cli import _mask as mask
 from tests.conftest import free_port
 
 SECRETS = {

@@ -29,13 +29,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import REGISTRY
 
 from amani_observability import ObservabilitySettings, instrument
+from amani_observability._access_log import AccessLog, AccessLogHooks
 from amani_observability._correlation import current_trace_ids, request_id_var
 from amani_observability._lifecycle import Lifecycle
 from amani_observability._losses import DROPPED_METRIC
 from amani_observability._pipeline import HOOK_FAILED, Pipeline, RequestHooks
-from amani_observability.logs import AccessLog, AccessLogHooks
+from amani_observability._request_ids import RequestIDHooks
 from amani_observability.metrics._concern import metrics_hooks
-from amani_observability.request_id import RequestIDHooks
 from amani_observability.sentry import init_sentry
 from amani_observability.sentry._core import SentryHooks
 from amani_observability.sentry._sentry_seam import unbridge_traces

@@ -19,13 +19,12 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from amani_observability import _request_ids as request_id_module
 from amani_observability import get_request_id
-from amani_observability import request_id as request_id_module
+from amani_observability._pipeline import NO_RESPONSE
+from amani_observability._request_ids import REJECTED_REQUEST_ID, RejectedIDs
 from amani_observability.logs import RequestContextFilter
 from amani_observability.request_id import (
-    NO_RESPONSE,
-    REJECTED_REQUEST_ID,
-    RejectedIDs,
     RequestIDMiddleware,
     current_request_id,
     new_request_id,

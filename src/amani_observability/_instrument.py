@@ -25,14 +25,15 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._access_log import AccessLog, AccessLogHooks
 from ._asgi import ASGIApp
 from ._lifecycle import SHUTDOWN_TIMEOUT, Lifecycle, LifespanMiddleware
 from ._pipeline import Pipeline, RequestHooks
 from ._redaction import redactor_for
+from ._request_ids import RequestIDHooks
 from ._startup import ENV_TYPO, env_typos, server_warnings, summary
 from .exceptions import ConfigurationError
-from .logs import AccessLog, AccessLogHooks, configure_logging
-from .request_id import RequestIDHooks
+from .logs import configure_logging
 from .settings import ObservabilitySettings
 
 if TYPE_CHECKING:

@@ -52,6 +52,8 @@ from .settings import DEFAULT_BUCKETS, ObservabilitySettings, parse_buckets
 if TYPE_CHECKING:
     from .alerts import AlertResult
 
+__all__ = ["main"]
+
 TEST_EVENT_MESSAGE = "amani-observability check: test event"
 TEST_ALERT_MESSAGE = "amani-observability check: test alert"
 MASK = REDACTED
@@ -304,7 +306,7 @@ def _export(args: argparse.Namespace) -> int:
 # --- check ------------------------------------------------------------------------------
 
 
-def mask(value: Any) -> str:
+def _mask(value: Any) -> str:
     """How `check` prints a setting: secrets masked, URLs keeping only scheme and host."""
     if value is None:
         return "(unset)"
@@ -370,7 +372,7 @@ class _Check:
 
         _write("Effective configuration (secrets masked):")
         for name in type(settings).model_fields:
-            _write(f"  {name.upper()} = {mask(getattr(settings, name))}")
+            _write(f"  {name.upper()} = {_mask(getattr(settings, name))}")
         _write("")
         # The line each worker logs at start-up, and its env-name typo warnings.
         _write(
@@ -466,7 +468,7 @@ class _Check:
             self.send_test_error(settings, dsn)
 
     def send_test_error(self, settings: ObservabilitySettings, dsn: str) -> None:
-        accepted, outcome = send_sentry_test_event(
+        accepted, outcome = _send_sentry_test_event(
             dsn,
             environment=settings.environment,
             release=f"{settings.service_name}@{settings.service_version}",
@@ -568,7 +570,7 @@ class _Check:
                 self.fail(f"prometheus: target {job} {url} is down ({target.get('lastError', '')})")
 
 
-def send_sentry_test_event(
+def _send_sentry_test_event(
     dsn: str, *, environment: str, release: str, server_name: str, timeout: float
 ) -> tuple[bool, str]:
     """Send one test event with sentry-sdk's own HTTP transport; describe what happened.

@@ -9,6 +9,8 @@ application; they are logged and reported in results instead.
 
 from __future__ import annotations
 
+__all__ = ["ConfigurationError", "ObservabilityError"]
+
 
 class ObservabilityError(Exception):
     """Root of every exception this library raises."""

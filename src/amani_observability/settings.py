@@ -31,6 +31,8 @@ from .exceptions import ConfigurationError
 # Lists come from the environment comma-separated ("/health,/internal/.*"), not as JSON.
 CommaList = Annotated[list[str], NoDecode]
 
+__all__ = ["DEFAULT_BUCKETS", "ObservabilitySettings", "parse_buckets", "parse_otlp_headers"]
+
 SECRET_FIELDS = frozenset(
     {
         "sentry_dsn",

@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import os
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from time import perf_counter
@@ -39,6 +38,7 @@ from .._registry import get_or_create as _get_or_create
 from ..settings import DEFAULT_BUCKETS
 from ._histograms import db_duration_histogram, http_duration_histogram
 from ._middleware import MetricsEndpoint, PrometheusHooks
+from ._multiproc import multiprocess_dir
 
 __all__ = [
     "MetricsEndpoint",
@@ -158,10 +158,6 @@ class PrometheusMiddleware(Pipeline):
 
 
 # --- multiple worker processes ------------------------------------------------------------
-
-
-def multiprocess_dir() -> str | None:
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
 def mark_process_dead(pid: int, path: str | None = None) -> None:

@@ -12,6 +12,7 @@ from .._prometheus_seam import describe as describe_prometheus
 from .._prometheus_seam import values_in_memory
 from ._histograms import db_duration_histogram, http_duration_histogram
 from ._middleware import MetricsEndpoint, PrometheusHooks, endpoint_cap
+from ._multiproc import multiprocess_dir
 
 if TYPE_CHECKING:
     from .._lifecycle import Lifecycle
@@ -42,23 +43,23 @@ def metrics_hooks(settings: ObservabilitySettings, lifecycle: Lifecycle) -> Prom
     # Per process: the last instrument() call's limit applies to every app in it.
     endpoint_cap.limit = settings.metrics_max_endpoints
     lifecycle.report_fast_path(describe_prometheus)
-    multiprocess_dir = catalogue.multiprocess_dir()
-    if multiprocess_dir is not None and values_in_memory():
+    directory = multiprocess_dir()
+    if directory is not None and values_in_memory():
         # The values of this process live in memory: aggregating the directory would
         # show other processes' numbers, or none, instead of ours.
         logger.warning(MULTIPROC_TOO_LATE)
-        multiprocess_dir = None
-    if multiprocess_dir is not None:
+        directory = None
+    if directory is not None:
 
         async def forget_this_worker() -> None:
             # This worker's live gauges (in-progress, DB connections) must stop counting
             # once it is gone; its counters and histograms stay in the totals.
-            catalogue.mark_process_dead(os.getpid(), multiprocess_dir)
+            catalogue.mark_process_dead(os.getpid(), directory)
 
         lifecycle.on_shutdown(forget_this_worker)
 
     endpoint = MetricsEndpoint(
-        multiprocess=multiprocess_dir is not None,
+        multiprocess=directory is not None,
         username=settings.metrics_username,
         password=(
             settings.metrics_password.get_secret_value() if settings.metrics_password else None

@@ -87,3 +87,8 @@ def _process_start_time(pid: int) -> float | None:
         return None
     # Both in seconds since boot, to 1/100 s; /proc/stat's btime is whole seconds.
     return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+
+
+def multiprocess_dir() -> str | None:
+    """PROMETHEUS_MULTIPROC_DIR, None when unset or empty."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
