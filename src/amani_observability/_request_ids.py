@@ -72,8 +72,7 @@ def assign_request_id(scope: Scope, header: bytes) -> tuple[str, bytes]:
     """The request's ID, as text and as bytes: the incoming `header` when it is safe,
     else a new one. Kept in `scope["state"]` for `get_request_id(request)`.
 
-    One function for the look-up and the check: it runs on every request, and each
-    Python call saved is a few hundred instructions.
+    One function for the look-up and the check: it runs on every request.
     """
     for key, value in scope.get("headers", ()):
         if key == header:

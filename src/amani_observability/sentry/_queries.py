@@ -2,11 +2,11 @@
 
 sentry-sdk's SQLAlchemy integration records every query as a breadcrumb and, in the same
 step, opens a performance span for it, even when performance monitoring is off: a Span
-object and a forked scope per query, about 120 us each on the machine of
-docs/performance.md, where the query itself (SQLite in memory) takes 180 us. In
-errors-only mode nothing ever reads that span. So there, init_sentry() switches the
-integration off and `record_query` records the same breadcrumb (category "query", the
-statement as message, `db.executemany` for an executemany) and nothing else.
+object and a forked scope per query, a cost close to the query's own for a fast query
+(docs/performance.md). In errors-only mode nothing ever reads that span. So there,
+init_sentry() switches the integration off and `record_query` records the same
+breadcrumb (category "query", the statement as message, `db.executemany` for an
+executemany) and nothing else.
 
 Where the integration's spans or query parameters are wanted (performance on, the SDK's
 option to record parameters, or the integration listed in `integrations=`) it stays on

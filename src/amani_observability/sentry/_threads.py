@@ -5,9 +5,8 @@ function runs with forks of the caller's two scopes: three scope copies and two 
 managers per call. `asyncio.to_thread()`, and `run_in_executor(None, ctx.run, ...)`,
 submit `Context.run` of a copied context instead, and that context already holds the
 caller's scopes: the function runs with those very scopes, and the forks, set around
-`Context.run` in the worker thread's own context, are never seen. On the demo's route
-(one SQLite query through `asyncio.to_thread`) leaving them out raised the throughput
-with Sentry on by about 11 % (paired wrk runs).
+`Context.run` in the worker thread's own context, are never seen, and cost throughput
+(docs/performance.md).
 
 `ThreadingIntegration` here is the SDK's, under the same identifier, with one change:
 `submit` of a callable that runs in a carried context goes straight to the executor.
