@@ -37,7 +37,12 @@ from amani_observability import (
     instrument,
 )
 from amani_observability.logs import configure_logging
-from amani_observability.tracing import REQUEST_ID_ATTRIBUTE, add_span_attributes, get_tracer
+from amani_observability.tracing import (
+    REQUEST_ID_ATTRIBUTE,
+    TracingMiddleware,
+    add_span_attributes,
+    get_tracer,
+)
 from amani_observability.tracing import _provider as tracing_provider
 from amani_observability.tracing._export import (
     EXPORT_FAILED,
@@ -948,3 +953,55 @@ async def test_a_configured_attribute_length_limit_still_applies(
     assert attributes["user_agent.original"] == "a-long"
     assert attributes["http.route"] == "/items"
     assert attributes["http.response.status_code"] == 200
+
+
+async def test_a_service_provider_is_used_for_spans_and_helpers_and_left_alone() -> None:
+    """instrument(tracer_provider=...): the server span and get_tracer() go to it; it is
+    not made global and is still working after the app shut down."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    app = FastAPI(telemetry={"tracing": False})
+    helper_tracer = get_tracer("payments")
+
+    @app.get("/pay/{payment_id}")
+    async def pay(payment_id: int) -> dict[str, int]:
+        with helper_tracer.start_as_current_span("charge"):
+            return {"payment_id": payment_id}
+
+    instrument(app, settings(), tracer_provider=provider)
+    transport = httpx.ASGITransport(app=app)
+    async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        assert (await c.get("/pay/7")).status_code == 200
+        assert type(trace.get_tracer_provider()) is trace.ProxyTracerProvider
+    spans = memory.get_finished_spans()
+    assert [
+        (s.name, s.kind, s.instrumentation_scope and s.instrumentation_scope.name) for s in spans
+    ] == [
+        ("charge", SpanKind.INTERNAL, "payments"),
+        ("GET /pay/{payment_id}", SpanKind.SERVER, "amani_observability"),
+    ]
+    parent = spans[0].parent
+    assert (parent.span_id if parent else None) == spans[1].context.span_id
+    # Never shut down by the library: the service's provider still records.
+    with provider.get_tracer("after").start_as_current_span("later"):
+        pass
+    assert [s.name for s in memory.get_finished_spans()][-1] == "later"
+
+
+async def test_tracing_middleware_alone_traces_with_its_own_lifespan() -> None:
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+
+    async def hello(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("hello")
+
+    app = Starlette(routes=[Route("/hello/{who}", hello)])
+    app.add_middleware(TracingMiddleware, settings=settings(), tracer_provider=provider)
+    transport = httpx.ASGITransport(app=app)
+    async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        assert (await c.get("/hello/ada")).text == "hello"
+    assert [
+        (s.name, s.attributes and s.attributes["http.route"]) for s in memory.get_finished_spans()
+    ] == [("GET /hello/{who}", "/hello/{who}")]
