@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: demo test test-floors lint typecheck unit bench load assets clean
+.PHONY: demo test test-floors lint typecheck unit bench bench-floors load assets clean
 
 # Reinstall whenever pyproject.toml changes; the stamp records what was installed. Eager
 # upgrades: `make test` is the newest-releases leg of the support matrix, so an old venv
@@ -79,6 +79,13 @@ bench: $(VENV)/.installed-bench
 	$(PY) -m benchmarks.throughput || missed="$$missed throughput"; \
 	if [ -n "$$missed" ]; then echo "bench: missed or failed:$$missed"; exit 1; fi; \
 	echo "bench: every target met"
+
+# The in-process harness again at the oldest supported releases (the floors leg), with
+# the peers at the releases pip finds for those pins. Results: benchmarks/results/floors.json.
+bench-floors: $(FLOORS)/.installed
+	$(FLOORS_PY) -m pip install --quiet -e '.[demo,dev,bench]' -c $(CONSTRAINTS)
+	$(FLOORS_PY) .ci/check_floors.py $(CONSTRAINTS)
+	$(FLOORS_PY) -m benchmarks.run --out benchmarks/results/floors.json
 
 load: $(VENV)/.installed
 	$(PY) -m examples.load --base-url http://$(HOST):$(PORT)
