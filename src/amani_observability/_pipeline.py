@@ -25,7 +25,7 @@ response is never changed by an observability failure.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextvars import Context, copy_context
 from time import monotonic, time_ns
 from typing import Any, ClassVar
@@ -151,11 +151,15 @@ class _Disabled:
         self.state = state
 
 
-def _overriding(hooks: Sequence[RequestHooks], phase: str) -> tuple[int, ...]:
-    """Indexes of the hooks that implement `phase`, innermost first."""
+# A phase's calls: (the hook's index, its bound method), innermost first.
+_Calls = tuple[tuple[int, Callable[..., None]], ...]
+
+
+def _overriding(hooks: Sequence[RequestHooks], phase: str) -> _Calls:
+    """The hooks that implement `phase`, innermost first, with their bound methods."""
     base = getattr(RequestHooks, phase)
     return tuple(
-        index
+        (index, getattr(hooks[index], phase))
         for index in reversed(range(len(hooks)))
         if getattr(type(hooks[index]), phase) is not base
     )
@@ -241,7 +245,7 @@ class Pipeline:
             returned = True
         except Exception as exc:
             exchange.settle_route()
-            self._run_failed(exchange, states, exc)
+            self._run("failed", self._failed, exchange, states, exc)
             header = exchange.error_response_header
             if header is not None and not exchange.started and scope_type == "http":
                 # An app without Starlette's error middleware raised before responding:
@@ -258,49 +262,27 @@ class Pipeline:
                 logger.error(NO_RESPONSE)
                 await send_internal_error(send, exchange.error_response_header)
             exchange.settle_route()
-            for index in self._finish:
+            for index, finish in self._finish:
                 state = states[index]
                 if state is not None:
                     if type(state) is _Disabled:
                         state = state.state
                     try:
-                        hooks[index].finish(exchange, state)
+                        finish(exchange, state)
                     except Exception:
                         _failures.note(hooks[index], "finish")
 
-    def _run_failed(self, exchange: Exchange, states: list[Any], error: Exception) -> None:
-        hooks = self.hooks
-        for index in self._failed:
-            state = states[index]
-            if state is not None and type(state) is not _Disabled:
-                try:
-                    hooks[index].failed(exchange, state, error)
-                except Exception:
-                    _failures.note(hooks[index], "failed")
-                    states[index] = _Disabled(state)
-
-    def _run_response_started(
-        self, exchange: Exchange, states: list[Any], message: Message
+    def _run(
+        self, phase: str, calls: _Calls, exchange: Exchange, states: list[Any], *extra: Any
     ) -> None:
-        hooks = self.hooks
-        for index in self._response_started:
+        """Run one phase's hooks; a hook that raises is switched off for the request."""
+        for index, call in calls:
             state = states[index]
             if state is not None and type(state) is not _Disabled:
                 try:
-                    hooks[index].response_started(exchange, state, message)
+                    call(exchange, state, *extra)
                 except Exception:
-                    _failures.note(hooks[index], "response_started")
-                    states[index] = _Disabled(state)
-
-    def _run_response_finished(self, exchange: Exchange, states: list[Any]) -> None:
-        hooks = self.hooks
-        for index in self._response_finished:
-            state = states[index]
-            if state is not None and type(state) is not _Disabled:
-                try:
-                    hooks[index].response_finished(exchange, state)
-                except Exception:
-                    _failures.note(hooks[index], "response_finished")
+                    _failures.note(self.hooks[index], phase)
                     states[index] = _Disabled(state)
 
 
@@ -334,7 +316,10 @@ class _Responder:
             if not exchange.started:  # the server refuses a second start: the first counts
                 exchange.started = True
                 exchange.status = message.get("status", 101)
-            self.pipeline._run_response_started(exchange, self.states, message)
+            pipeline = self.pipeline
+            pipeline._run(
+                "response_started", pipeline._response_started, exchange, self.states, message
+            )
         elif (
             message_type == "http.response.body" and not message.get("more_body", False)
         ) or message_type == "http.response.pathsend":
@@ -355,7 +340,10 @@ class _Responder:
                         exchange.end_time = time_ns()
                 finally:
                     exchange.settle_route()
-                    self.pipeline._run_response_finished(exchange, self.states)
+                    pipeline = self.pipeline
+                    pipeline._run(
+                        "response_finished", pipeline._response_finished, exchange, self.states
+                    )
                 return
         elif message_type == "websocket.close" and not exchange.started:
             exchange.status = 403  # closed before the handshake: the server answers 403
