@@ -1,11 +1,9 @@
-"""Each SDK seam is on only for the releases the test matrix runs, checks itself against
-the public API at start-up, and with the seam off the feature works through the public API
-with the same result."""
+"""Each SDK shortcut is on only for the releases the test matrix runs, checks itself against
+the public API at start-up, and with the shortcut off the feature works through the public
+API with the same result; what prometheus_client's seam reads is what it built."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
 from importlib.metadata import version
 from typing import Any
 
@@ -16,7 +14,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from prometheus_client import REGISTRY
+from prometheus_client import CollectorRegistry, Histogram
 
 from amani_observability import (
     ObservabilitySettings,
@@ -27,13 +25,6 @@ from amani_observability import (
 from amani_observability.tracing import _otel_seam
 from tests.conftest import lifespan
 from tests.test_light_span import comparable
-
-
-@pytest.fixture
-def fresh_prometheus_decision() -> Iterator[None]:
-    _prometheus_seam._decision.made = False
-    yield
-    _prometheus_seam._decision.made = False
 
 
 def test_the_installed_releases_are_ones_the_matrix_runs() -> None:
@@ -48,86 +39,27 @@ def test_a_release_is_read_exactly_or_not_at_all(text: str, expected: Any) -> No
     assert _gates.release_tuple(text) == expected
 
 
-# --- prometheus_client ---------------------------------------------------------------------
+# --- prometheus_client: what is read beneath its public API ---------------------------------
 
 
-def our_samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of the request metrics but those that hold timings."""
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in REGISTRY.collect()
-        if family.name in ("http_requests", "http_request_duration_seconds", "errors")
-        for sample in family.samples
-        if not sample.name.endswith(("_sum", "_created"))
-        and not (sample.name.endswith("_bucket") and sample.labels.get("le") != "+Inf")
-    }
+def test_the_prometheus_readers_see_a_histogram_as_prometheus_client_built_it() -> None:
+    registry = CollectorRegistry()
+    histogram = Histogram("probe_seconds", "probe", ["code"], buckets=(0.1, 1.0), registry=registry)
+    child = histogram.labels("200")
+    assert _prometheus_seam.registered(registry, "probe_seconds") is histogram
+    assert _prometheus_seam.registered(registry, "other_seconds") is None
+    assert _prometheus_seam.label_names(histogram) == ("code",)
+    assert _prometheus_seam.upper_bounds(histogram) == (0.1, 1.0, float("inf"))
+    assert _prometheus_seam.children_of(histogram) == {("200",): child}
+    assert _prometheus_seam.values_in_memory() is True
 
 
-async def measured(off: bool, monkeypatch: pytest.MonkeyPatch) -> dict[Any, float]:
-    """Requests through instrument(), the prometheus seam forced off or not: what changed."""
-    if off:
-        monkeypatch.setattr(_prometheus_seam, "tested", lambda package: False)
-    app = FastAPI(telemetry={"tracing": False})
-
-    @app.get("/items/{item_id}")
-    async def item(item_id: int) -> dict[str, int]:
-        if item_id == 0:
-            raise RuntimeError("kaboom")
-        return {"item_id": item_id}
-
-    instrument(app, ObservabilitySettings(log_json=False))
-    before = our_samples()
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-        for path in ("/items/1", "/items/2", "/items/0", "/nowhere"):
-            await c.get(path)
-    after = our_samples()
-    assert _prometheus_seam.enabled() is not off
-    return {key: value - before.get(key, 0.0) for key, value in after.items()}
-
-
-async def test_requests_are_measured_the_same_with_the_prometheus_seam_off(
-    monkeypatch: pytest.MonkeyPatch, fresh_prometheus_decision: None
-) -> None:
-    fast = await measured(False, monkeypatch)
-    _prometheus_seam._decision.made = False
-    public = await measured(True, monkeypatch)
-    assert fast == public
-    assert fast[("http_requests_total", (("endpoint", "/items/{item_id}"), ("method", "GET"),
-                                         ("status", "500")))] == 1.0  # fmt: skip
-
-
-def test_a_release_outside_the_matrix_gets_the_public_calls(
-    monkeypatch: pytest.MonkeyPatch, fresh_prometheus_decision: None
-) -> None:
-    monkeypatch.setattr(_prometheus_seam, "tested", lambda package: False)
-    installed = version("prometheus-client")
-    assert _prometheus_seam.describe() == (
-        f"prometheus off (prometheus-client {installed} is not a tested release)"
-    )
-    histogram = REGISTRY  # any object: with the seam off nothing of it is read
-    assert _prometheus_seam.histogram_parts(histogram) is None
-
-
-def test_a_shortcut_that_counts_differently_is_switched_off(
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-    fresh_prometheus_decision: None,
-) -> None:
-    def off_by_one_bucket(parts: Any) -> Any:
-        observe_sum, upper_bounds, bucket_incs = parts
-
-        def observe(amount: float) -> None:
-            observe_sum(amount)
-            bucket_incs[min(len(bucket_incs) - 1, 1 + sum(b < amount for b in upper_bounds))](1)
-
-        return observe
-
-    monkeypatch.setattr(_prometheus_seam, "_bisecting_observe", off_by_one_bucket)
-    with caplog.at_level(logging.INFO, "amani_observability.metrics"):
-        assert _prometheus_seam.enabled() is False
-    assert caplog.messages == ["prometheus fast path off: differs from the public API's samples"]
-    assert _prometheus_seam.describe() == "prometheus off (differs from the public API's samples)"
+def test_the_prometheus_readers_answer_none_where_the_internals_moved() -> None:
+    moved: Any = object()
+    assert _prometheus_seam.registered(moved, "probe_seconds") is None
+    assert _prometheus_seam.label_names(moved) is None
+    assert _prometheus_seam.upper_bounds(moved) is None
+    assert _prometheus_seam.children_of(moved) is None
 
 
 # --- OpenTelemetry -------------------------------------------------------------------------

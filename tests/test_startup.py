@@ -130,8 +130,7 @@ async def test_each_worker_logs_one_summary_line_at_start_up(
             "continue); "
             "Sentry to 127.0.0.1:9 (environment production); "
             "alert channels: slack, pagerduty; loop monitor every 0.25 s, stalls from 0.5 s; "
-            f"fast paths: prometheus on (prometheus-client {version('prometheus-client')}), "
-            f"otel span on (opentelemetry-sdk {version('opentelemetry-sdk')})",
+            f"fast paths: otel span on (opentelemetry-sdk {version('opentelemetry-sdk')})",
         )
     ]
     for secret in SECRETS:

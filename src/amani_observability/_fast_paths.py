@@ -23,7 +23,6 @@ def fast_paths() -> list[FastPath]:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
-    from ._prometheus_seam import histogram_parts
     from ._routes import ROUTER_SETS_ROUTE
     from .sentry._sentry_seam import NATIVE_TRACE_BRIDGE
     from .tracing import _otel_seam
@@ -36,9 +35,6 @@ def fast_paths() -> list[FastPath]:
         batch_emit = _otel_seam._batch_emit((processor,)) is not None
     finally:
         provider.shutdown()
-    from prometheus_client import CollectorRegistry, Histogram
-
-    histogram = Histogram("probe_seconds", "probe", registry=CollectorRegistry())
     api, sdk = "opentelemetry-api", "opentelemetry-sdk"
     fast_context = pipeline is not None and pipeline.fast_context
     return [
@@ -52,11 +48,6 @@ def fast_paths() -> list[FastPath]:
             sdk,
         ),
         ("OpenTelemetry batch queue fed directly", batch_emit, sdk),
-        (
-            "Prometheus histogram observed by bisection",
-            histogram_parts(histogram) is not None,
-            "prometheus-client",
-        ),
     ]
 
 

@@ -13,7 +13,6 @@ from importlib.metadata import PackageNotFoundError, version
 TESTED_RELEASES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "opentelemetry-api": ((1, 29, 0), (1, 45, 2)),
     "opentelemetry-sdk": ((1, 29, 0), (1, 45, 2)),
-    "prometheus-client": ((0, 21, 1), (0, 26, 0)),
     "sentry-sdk": ((2, 19, 2), (2, 76, 0)),
 }
 

@@ -622,10 +622,6 @@ def _fast_paths_here(settings: ObservabilitySettings) -> list[str]:
     """The SDK shortcuts a worker with these settings takes with the SDKs installed here,
     each checked as at start-up (the server span for the provider instrument() builds)."""
     found = []
-    if settings.metrics_enabled:
-        from ._prometheus_seam import describe as describe_prometheus
-
-        found.append(describe_prometheus())
     if settings.tracing_enabled:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import SimpleSpanProcessor

@@ -32,8 +32,6 @@ from .._asgi import ASGIApp
 from .._fallbacks import fallback_taken as _fallback_taken
 from .._pipeline import Pipeline
 from .._prometheus_seam import children_of as _children_of
-from .._prometheus_seam import inc_of as _inc_of
-from .._prometheus_seam import observe_of as _observe_of
 from .._registry import get_or_create as _get_or_create
 from ..settings import DEFAULT_BUCKETS
 from ._histograms import db_duration_histogram, http_duration_histogram
@@ -271,18 +269,17 @@ def instrument_sqlalchemy(engine: Any) -> Any:
     if sync_engine in _instrumented_engines:
         return engine
     _instrumented_engines.add(sync_engine)
-    # The gauge's value increment, without Gauge.inc()'s per-call checks.
-    add = _inc_of(db_connections_active)
+    checked_out, checked_in = db_connections_active.inc, db_connections_active.dec
 
     def on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        add(1)
+        checked_out()
 
     def on_checkin(dbapi_connection: Any, record: Any) -> None:
-        add(-1)
+        checked_in()
 
     def on_detach(dbapi_connection: Any, record: Any) -> None:
         # A detached connection never comes back through checkin.
-        add(-1)
+        checked_in()
 
     # The queries are timed at the dialect, not with the Connection's
     # before/after_cursor_execute: one listener there makes every Connection of the
@@ -318,16 +315,17 @@ def _observe_query(statement: str, started: float) -> None:
     _observe_duration(_sql_operation(statement), elapsed)
 
 
-# Per operation: (the histogram, its child, the child's key, the child's fast observe).
-_query_series: dict[str, tuple[Histogram, Any, tuple[str], Callable[[float], None]]] = {}
+# Per operation: (the histogram, its child, the child's key).
+_query_series: dict[str, tuple[Histogram, Any, tuple[str]]] = {}
 
 
 def _observe_duration(operation: str, seconds: float) -> None:
     """One query's duration in db_query_duration_seconds{operation}; never raises.
 
-    The child and its fast observe are cached per operation. The cache is checked against
-    the histogram's own children: use_buckets() replaces the histogram, and clear() drops
-    its children. Where those are not the dict we know, .labels().observe() does the work.
+    The child is cached per operation, because .labels() costs more than the observation.
+    The cache is checked against the histogram's own children: use_buckets() replaces the
+    histogram, and clear() drops its children. Where those are not the dict we know,
+    .labels().observe() does the work.
     """
     histogram = db_query_duration_seconds
     try:
@@ -337,10 +335,9 @@ def _observe_duration(operation: str, seconds: float) -> None:
             return
         series = _query_series.get(operation)
         if series is None or series[0] is not histogram or children.get(series[2]) is not series[1]:
-            child = histogram.labels(operation)
-            series = (histogram, child, (operation,), _observe_of(child))
+            series = (histogram, histogram.labels(operation), (operation,))
             _query_series[operation] = series
-        series[3](seconds)
+        series[1].observe(seconds)
     except Exception as exc:  # a measurement must never fail the query it measures
         _fallback_taken(
             "db_query_duration_seconds observation", exc, "the query's duration is not recorded"

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .. import metrics as catalogue
-from .._prometheus_seam import describe as describe_prometheus
 from .._prometheus_seam import values_in_memory
 from ._histograms import db_duration_histogram, http_duration_histogram
 from ._middleware import MetricsEndpoint, PrometheusHooks, endpoint_cap
@@ -42,7 +41,6 @@ def metrics_hooks(settings: ObservabilitySettings, lifecycle: Lifecycle) -> Prom
     use_buckets(settings.metrics_buckets)
     # Per process: the last instrument() call's limit applies to every app in it.
     endpoint_cap.limit = settings.metrics_max_endpoints
-    lifecycle.report_fast_path(describe_prometheus)
     directory = multiprocess_dir()
     if directory is not None and values_in_memory():
         # The values of this process live in memory: aggregating the directory would

@@ -15,15 +15,13 @@ import gzip
 import hmac
 import logging
 import re
-from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable
-from time import perf_counter, time
+from time import perf_counter
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.samples import Exemplar
 from starlette.concurrency import run_in_threadpool
 
 from .._asgi import (
@@ -39,12 +37,7 @@ from .._asgi import (
 )
 from .._correlation import TraceIds
 from .._pipeline import Exchange, RequestHooks
-from .._prometheus_seam import (
-    bucket_exemplar_setters,
-    histogram_parts,
-    inc_of,
-    values_in_memory,
-)
+from .._prometheus_seam import values_in_memory
 from .._routes import table_of
 
 logger = logging.getLogger("amani_observability.metrics")
@@ -93,20 +86,13 @@ class EndpointCap:
 # One per process: the label values belong to the process's registry, not to one app.
 endpoint_cap = EndpointCap()
 
-_INF = float("inf")
 # OpenMetrics allows 128 characters of exemplar label names and values together;
 # "trace_id" and "span_id" take 15 of them. Real IDs (32 + 16 hex digits) always fit.
 _EXEMPLAR_ID_ROOM = 128 - len("trace_id") - len("span_id")
 
-# Per (method, template, status): counter inc, histogram sum inc, bucket upper bounds,
-# bucket incs, and each bucket's set_exemplar (None where the values cannot hold one).
-_Series = tuple[
-    Callable[[float], None],
-    Callable[[float], None],
-    tuple[float, ...],
-    tuple[Callable[[float], None], ...],
-    "tuple[Callable[[Exemplar], None], ...] | None",
-]
+# Per (method, template, status): the counter's inc and the histogram's observe, of the
+# label children.
+_Series = tuple[Callable[[], None], Callable[..., None]]
 
 
 # (enter, leave) of one in-progress gauge child.
@@ -123,18 +109,14 @@ def _in_progress(child: Any) -> _Gauge:
     value must live in prometheus_client's files, so the child is incremented.
     """
     if not values_in_memory():
-        value_inc = inc_of(child)
-        return (lambda _: value_inc(1)), (lambda: value_inc(-1))
+        inc, dec = child.inc, child.dec
+        return (lambda _: inc()), dec
     in_flight: deque[None] | None = getattr(child, _IN_FLIGHT, None)
     if in_flight is None:
         in_flight = deque()
         setattr(child, _IN_FLIGHT, in_flight)
         child.set_function(in_flight.__len__)
     return in_flight.append, in_flight.pop
-
-
-def _ignore(amount: float) -> None:
-    return None
 
 
 class _Measure:
@@ -257,38 +239,18 @@ class PrometheusHooks(RequestHooks):
             series = self._finished.get((method, template, code))
             if series is None:
                 series = self._series(method, template, code)
-        series[0](1)
-        series[1](elapsed)
-        bucket = bisect_left(series[2], elapsed)
-        series[3][bucket](1)
-        if (
-            trace is not None
-            and series[4] is not None
-            and len(trace[0]) + len(trace[1]) <= _EXEMPLAR_ID_ROOM
-        ):
-            # What Histogram.observe(exemplar=...) stores, minus re-validating label
-            # names we know are valid: the request's trace on the bucket it fell in.
-            series[4][bucket](
-                Exemplar({"trace_id": trace[0], "span_id": trace[1]}, elapsed, time())
-            )
+        series[0]()
+        if trace is not None and len(trace[0]) + len(trace[1]) <= _EXEMPLAR_ID_ROOM:
+            # The request's trace on the bucket it fell in (too long an ID would raise).
+            series[1](elapsed, {"trace_id": trace[0], "span_id": trace[1]})
+        else:
+            series[1](elapsed)
         return template
 
     def _series(self, method: str, template: str, code: int) -> _Series:
-        histogram = self.duration.labels(method, template)
-        exemplar_setters: tuple[Callable[[Exemplar], None], ...] | None = None
-        parts = histogram_parts(histogram)
-        if parts is not None:
-            # What Histogram.observe() does, minus its per-call checks and Python loop.
-            observe_sum, upper_bounds, bucket_incs = parts
-            exemplar_setters = bucket_exemplar_setters(histogram)
-        else:  # the shortcut is off: the public observe(), no exemplar
-            observe_sum, bucket_incs, upper_bounds = histogram.observe, (_ignore,), (_INF,)
         series = (
-            inc_of(self.requests_total.labels(method, template, str(code))),
-            observe_sum,
-            upper_bounds,
-            bucket_incs,
-            exemplar_setters,
+            self.requests_total.labels(method, template, str(code)).inc,
+            self.duration.labels(method, template).observe,
         )
         self._finished[(method, template, code)] = series
         return series
