@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import os
 import time
 from pathlib import Path
 
@@ -82,6 +83,11 @@ def test_files_of_a_previous_run_are_reported_at_start_up(tmp_path: Path) -> Non
     ) as first:
         assert scrape_total(first.base_url, 5) == 5
     left = sorted(p.name for p in multiproc_dir.iterdir())
+    # A previous run, as in production: its files were last written well before this
+    # start (the server's start time is known to the second only, from /proc).
+    an_hour_ago = time.time() - 3600
+    for name in left:
+        os.utime(multiproc_dir / name, (an_hour_ago, an_hour_ago))
     with UvicornProcess(
         "tests.integration.metrics_app:app", free_port(), env=env, log_path=tmp_path / "2.log"
     ) as second:
