@@ -26,7 +26,7 @@ from types import CodeType, FrameType
 from typing import Any
 
 from ._asgi import UNMATCHED_ROUTE
-from ._pipeline import Exchange, Pipeline
+from ._pipeline import NO_ENTRY, Exchange, Pipeline
 from ._routes import route_template
 
 logger = logging.getLogger("amani_observability.loop")
@@ -185,7 +185,7 @@ def _request_of(frame: FrameType | None) -> tuple[str | None, str | None]:
             exchange = local_names.get("exchange")  # the pipeline's, once it has one
             entry = (
                 exchange.entry
-                if isinstance(exchange, Exchange)
+                if isinstance(exchange, Exchange) and exchange.entry is not NO_ENTRY
                 else (scope.get("app"), scope.get("root_path", ""), None, None)
             )
             template = route_template(scope, entry) or UNMATCHED_ROUTE

@@ -52,6 +52,8 @@ HOOK_FAILURE_LOG_INTERVAL = 60.0
 # The response-start messages: they carry the status and the headers hooks may add to.
 _STARTS = frozenset({"http.response.start", "websocket.accept", "websocket.http.response.start"})
 _UNREAD: Any = object()  # Exchange.trace_ids before anyone asked
+# Exchange.entry of a pipeline whose concerns read no route.
+NO_ENTRY: RouteEntry = (None, "", None, None)
 
 
 class Exchange:
@@ -76,7 +78,9 @@ class Exchange:
 
     def __init__(self, scope: Scope, entry: RouteEntry, path: str) -> None:
         self.scope = scope
-        self.entry = entry
+        self.entry = (
+            entry  # what the router left in the scope before the app ran (NO_ENTRY: unread)
+        )
         self.path = path  # relative to the app's root path
         # The request's ID: set by the request ID hook, else the one an outer layer set.
         self.request_id: str | None = request_id_var.get()
@@ -102,9 +106,11 @@ class Exchange:
         return self.trace_ids
 
     def settle_route(self) -> str | None:
-        """Read the route template once the router has run (final body sent, or app done)."""
+        """The route template, read once the router has run (call it from the final-body,
+        failed or finish phase) and kept for the other hooks; None: no route matched."""
         if not self.routed:
-            self.route = route_template(self.scope, self.entry)
+            entry = self.entry
+            self.route = None if entry is NO_ENTRY else route_template(self.scope, entry)
             self.routed = True
         return self.route
 
@@ -118,6 +124,8 @@ class RequestHooks:
     """
 
     name: ClassVar[str] = "hooks"  # the concern, in logs and in dropped_total's pipeline label
+    # Whether the concern reads the route template (Exchange.entry, settle_route()).
+    reads_routes: ClassVar[bool] = False
     # Whether the final body should be sent outside the request's context variables: only
     # worth it for concerns that keep large objects in them (_keepalive.py).
     keeps_context: ClassVar[bool] = False
@@ -204,6 +212,7 @@ class Pipeline:
             hook for hook in self.hooks if type(hook).serves is not RequestHooks.serves
         )
         self._keeps_context = any(hook.keeps_context for hook in self.hooks)
+        self._reads_routes = any(hook.reads_routes for hook in self.hooks)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope_type = scope["type"]
@@ -222,7 +231,8 @@ class Pipeline:
                 break
         # The context before any hook sets a variable, for the final send.
         outside = copy_context() if self._keeps_context and scope_type == "http" else None
-        exchange = Exchange(scope, route_entry(scope, self.app), path)
+        entry = route_entry(scope, self.app) if self._reads_routes else NO_ENTRY
+        exchange = Exchange(scope, entry, path)
         hooks = self.hooks
         states: list[Any] = []
         active = False
@@ -244,7 +254,6 @@ class Pipeline:
             await app(scope, receive, responder)
             returned = True
         except Exception as exc:
-            exchange.settle_route()
             self._run("failed", self._failed, exchange, states, exc)
             header = exchange.error_response_header
             if header is not None and not exchange.started and scope_type == "http":
@@ -261,7 +270,6 @@ class Pipeline:
             ):
                 logger.error(NO_RESPONSE)
                 await send_internal_error(send, exchange.error_response_header)
-            exchange.settle_route()
             for index, finish in self._finish:
                 state = states[index]
                 if state is not None:
@@ -339,7 +347,6 @@ class _Responder:
                     if message_type == "http.response.body":
                         exchange.end_time = time_ns()
                 finally:
-                    exchange.settle_route()
                     pipeline = self.pipeline
                     pipeline._run(
                         "response_finished", pipeline._response_finished, exchange, self.states

@@ -135,6 +135,7 @@ class PrometheusHooks(RequestHooks):
     """Count, time and track in-progress HTTP requests; serve the metrics endpoint."""
 
     name = "metrics"
+    reads_routes = True
 
     def __init__(
         self,
@@ -179,7 +180,7 @@ class PrometheusHooks(RequestHooks):
     def response_finished(self, exchange: Exchange, state: _Measure) -> None:
         state.finished = True
         self.record(
-            state.method, exchange.status, state.clock, state.gauge, exchange.route,
+            state.method, exchange.status, state.clock, state.gauge, exchange.settle_route(),
             exchange.trace(),
         )  # fmt: skip
 
@@ -187,7 +188,7 @@ class PrometheusHooks(RequestHooks):
         if not state.finished:
             self.response_finished(exchange, state)
         if not exchange.client_gone:
-            self.count_error(type(error).__name__, exchange.route or UNMATCHED_ROUTE)
+            self.count_error(type(error).__name__, exchange.settle_route() or UNMATCHED_ROUTE)
 
     def finish(self, exchange: Exchange, state: _Measure) -> None:
         if not state.finished:

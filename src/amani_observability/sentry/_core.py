@@ -278,6 +278,7 @@ class SentryHooks(RequestHooks):
     """
 
     name = "sentry"
+    reads_routes = True
     keeps_context = True
 
     def __init__(
@@ -331,7 +332,7 @@ class SentryHooks(RequestHooks):
         try:
             transaction = state.transaction
             if transaction is not None:
-                transaction.name = exchange.route or UNMATCHED_ROUTE
+                transaction.name = exchange.settle_route() or UNMATCHED_ROUTE
                 transaction.source = SOURCE_ROUTE
                 transaction.__exit__(None, None, None)
         finally:

@@ -201,6 +201,7 @@ class TracingHooks(RequestHooks):
     """One SERVER span per HTTP request and websocket connection, and nothing more."""
 
     name = "tracing"
+    reads_routes = True
     keeps_context = True
 
     def __init__(self, tracing: _Tracing, excluded: Callable[[str], bool]) -> None:
@@ -270,7 +271,7 @@ class TracingHooks(RequestHooks):
         try:
             if span.is_recording():
                 _end_attributes(
-                    span, state.name, state.attributes, exchange.scope, exchange.route,
+                    span, state.name, state.attributes, exchange.scope, exchange.settle_route(),
                     exchange.status, state.error_type,
                 )  # fmt: skip
             span.end(exchange.end_time)
