@@ -31,6 +31,6 @@ CASES = [
         "+ amani request ID",
         ours_request_id,
         peer="+ asgi-correlation-id",
-        target=0.25,
+        target=None,  # for information: issue 21's targets are the whole stack's
     ),
 ]

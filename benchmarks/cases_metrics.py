@@ -46,6 +46,6 @@ CASES = [
         "+ amani metrics",
         ours_metrics,
         peer="+ prometheus-fastapi-instrumentator",
-        target=0.25,
+        target=None,  # for information: issue 21's targets are the whole stack's
     ),
 ]

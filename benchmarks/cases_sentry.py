@@ -74,6 +74,6 @@ CASES = [
         ours_sentry,
         group="sentry",
         peer="+ sentry-sdk FastAPI integration",
-        target=0.1,
+        target=None,  # for information: issue 21's targets are the whole stack's
     ),
 ]

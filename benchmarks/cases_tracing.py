@@ -99,6 +99,7 @@ def floor() -> Any:
 CASES = [
     Case(THEIRS, theirs, group=GROUP),
     Case(FLOOR, floor, group=GROUP),
-    Case(OURS, ours, group=GROUP, peer=THEIRS, target=0.2),
-    Case(f"{OURS} (vs floor)", ours, group=GROUP, peer=FLOOR, target=1.5),
+    # For information: issue 21's targets are the whole stack's.
+    Case(OURS, ours, group=GROUP, peer=THEIRS, target=None),
+    Case(f"{OURS} (vs floor)", ours, group=GROUP, peer=FLOOR, target=None),
 ]

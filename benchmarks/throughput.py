@@ -2,8 +2,8 @@
 
     python -m benchmarks.throughput [--seconds 10] [--rounds 3] [--connections 32]
 
-Two routes, each served bare and under the whole stack, each with the target of at
-least 0.85x the bare throughput:
+Two routes, each served bare and under the whole stack (the ratio to bare is shown for
+information):
 - the demo route (the issue's measure): GET of one escrow transaction in the demo
   service, which reads it from SQLite in a worker thread; the instrumented side is the
   demo as main.py wires it (database metrics included) with the whole stack on;
@@ -51,9 +51,11 @@ ROUTES = {
     ),
 }
 # (route, side, the side it is divided by, the least ratio allowed)
-TARGETS = [
-    ("demo route", "full", "bare", 0.85),
-    ("benchmark route", "full", "bare", 0.85),
+# (route, side, versus, target); a ratio to the bare server is shown for information:
+# issue 21 retired targets relative to a request that does nothing.
+TARGETS: list[tuple[str, str, str, float | None]] = [
+    ("demo route", "full", "bare", None),
+    ("benchmark route", "full", "bare", None),
     ("benchmark route", "full", "peers", 2.5),
 ]
 
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             mine / theirs for mine, theirs in zip(samples[side], samples[versus], strict=True)
         ]
         ratio = round(statistics.median(round_ratios), 3)
-        met = ratio >= target
+        met = None if target is None else ratio >= target
         verdicts.append(
             {
                 "route": route,
@@ -160,11 +162,16 @@ def main(argv: list[str] | None = None) -> int:
                 "meets_target": met,
             }
         )
-        print(
-            f"{route + ':':<17} {side} / {versus} {ratio:.3f}  (target >= {target}) "
-            f"{'ok' if met else 'MISSED'}; per-round {verdicts[-1]['round_ratios']}"
+        verdict = (
+            "for information"
+            if met is None
+            else f"(target >= {target}) {'ok' if met else 'MISSED'}"
         )
-    met = all(verdict["meets_target"] for verdict in verdicts)
+        print(
+            f"{route + ':':<17} {side} / {versus} {ratio:.3f}  {verdict}; "
+            f"per-round {verdicts[-1]['round_ratios']}"
+        )
+    met = all(verdict["meets_target"] is not False for verdict in verdicts)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "routes": results,
