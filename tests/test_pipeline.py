@@ -99,6 +99,20 @@ REQUESTS: list[tuple[str, list[tuple[str, str]]]] = [
 ]
 
 
+# What the requests add to the counters when metrics are on (the scrape is not counted).
+_ITEM = "('endpoint', '/items/{item_id}'), ('method', 'GET')"
+EXPECTED_COUNTS = {
+    "errors_total(('endpoint', '/items/{item_id}'), ('error_type', 'RuntimeError'))": 1.0,
+    "http_requests_total(('endpoint', '/health'), ('method', 'GET'), ('status', '200'))": 1.0,
+    f"http_requests_total({_ITEM}, ('status', '200'))": 2.0,
+    f"http_requests_total({_ITEM}, ('status', '404'))": 1.0,
+    f"http_requests_total({_ITEM}, ('status', '500'))": 1.0,
+    "http_requests_total(('endpoint', '/later'), ('method', 'GET'), ('status', '200'))": 1.0,
+    "http_requests_total(('endpoint', '/stream'), ('method', 'GET'), ('status', '200'))": 1.0,
+    "http_requests_total(('endpoint', '<unmatched>'), ('method', 'GET'), ('status', '404'))": 1.0,
+}
+
+
 class Records(logging.Handler):
     """Every access-log record's fields, but its duration (a timing)."""
 
@@ -298,7 +312,8 @@ async def test_one_pipeline_records_what_nested_single_hook_pipelines_record(
     assert len(one["spans"]) == (7 if "tracing" in concerns else 0)  # not /health, /metrics
     assert len(one["events"]) == (1 if "sentry" in concerns else 0)  # only the RuntimeError
     assert len(one["access"]) == (8 if "access_log" in concerns else 0)
-    assert (one["metrics"] != {}) == ("metrics" in concerns)
+    counted = {key: value for key, value in one["metrics"].items() if "_total(" in key}
+    assert counted == (EXPECTED_COUNTS if "metrics" in concerns else {})
     if "request_id" in concerns:
         assert [dict(r[0]["headers"])["x-request-id"] for r in one["responses"]] == [
             "r-ok", "r-traced", "r-fail", "r-missing", "r-unmatched", "r-stream", "r-later",

@@ -30,8 +30,9 @@ from amani_observability.sentry import _core as sentry
 from amani_observability.tracing import _otel_seam
 from tests.conftest import lifespan
 from tests.sentry_stand_in import SentryStandIn
-from tests.support import call_asgi, http_scope
+from tests.support import http_scope
 from tests.test_light_span import sdk_root_flags
+from tests.test_seams import exported
 
 
 @pytest.fixture(autouse=True)
@@ -103,29 +104,17 @@ def test_a_span_context_probe_that_raises_costs_the_direct_build_not_start_up(
 async def test_requests_are_traced_by_the_sdk_when_the_light_span_check_fails(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """The check raising: the SDK's own span, recording exactly what the light one does."""
+    light_seen, light = await exported(monkeypatch)
+
     def broken(provider: object, tracer: object) -> None:
         raise AttributeError("'TracerProvider' object has no attribute '_span_limits'")
 
     monkeypatch.setattr(_otel_seam, "_pipeline_for", broken)
-    memory = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    seen: list[str] = []
-    app = FastAPI(telemetry={"tracing": False})
-
-    @app.get("/items/{item_id}")
-    async def item(item_id: int) -> dict[str, int]:
-        seen.append(type(trace.get_current_span()).__name__)
-        return {"item_id": item_id}
-
-    instrument(
-        app, ObservabilitySettings(tracing_enabled=True, log_json=False), tracer_provider=provider
-    )
-    async with lifespan(app):
-        messages = await call_asgi(app, http_scope("/items/1"))
-    assert [m.get("status") for m in messages if m["type"] == "http.response.start"] == [200]
-    assert seen == ["_Span"]
-    assert [(span.name, span.context.trace_flags) for span in memory.get_finished_spans()] == [
+    sdk_seen, sdk = await exported(monkeypatch)
+    assert (light_seen, sdk_seen) == (["LightSpan"], ["_Span"])
+    assert sdk == light
+    assert [(record["name"], record["trace_flags"]) for record in sdk] == [
         ("GET /items/{item_id}", sdk_root_flags())
     ]
 

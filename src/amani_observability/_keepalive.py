@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Generator
 from contextvars import Context
 from typing import Any
 
-from ._asgi import Message, Send
+from ._asgi import Message
 
 _Coroutine = types.CoroutineType
 
@@ -60,16 +60,3 @@ def is_final_body(message: Message) -> bool:
     return (
         message_type == "http.response.body" and not message.get("more_body", False)
     ) or message_type == "http.response.pathsend"
-
-
-def sending_outside(send: Send, outside: Context) -> Send:
-    """`send`, with the final body sent in `outside`: the context as it was before the
-    request set its values (see above)."""
-
-    async def send_outside(message: Message) -> None:
-        if is_final_body(message):
-            await awaited_in(outside, send(message))
-        else:
-            await send(message)
-
-    return send_outside

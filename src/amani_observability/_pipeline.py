@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 from ._asgi import ASGIApp, Message, Receive, Scope, Send, app_path
 from ._correlation import TraceIds, current_trace_ids, request_id_var
-from ._keepalive import awaited_in
+from ._keepalive import awaited_in, is_final_body
 from ._lifecycle import Lifecycle, run_lifespan
 from ._losses import count_dropped
 from ._routes import RouteEntry, route_entry, route_template
@@ -328,9 +328,7 @@ class _Responder:
             pipeline._run(
                 "response_started", pipeline._response_started, exchange, self.states, message
             )
-        elif (
-            message_type == "http.response.body" and not message.get("more_body", False)
-        ) or message_type == "http.response.pathsend":
+        elif is_final_body(message):
             if not exchange.finished:
                 # The final body: stop the clocks once it is sent, before any background
                 # task runs.

@@ -143,7 +143,21 @@ class PrometheusMiddleware(Pipeline):
     ) -> None:
         """Measure `app` into this module's request metrics; serve `endpoint` (by default an
         unprotected one) at `metrics_path` (None: serve nothing)."""
-        hooks = PrometheusHooks(
+        hooks = self.hooks_for(
+            metrics_path=metrics_path, excluded_paths=excluded_paths, endpoint=endpoint
+        )
+        super().__init__(app, (hooks,))
+
+    @staticmethod
+    def hooks_for(
+        *,
+        metrics_path: str | None,
+        excluded_paths: Sequence[str],
+        endpoint: MetricsEndpoint | None,
+    ) -> PrometheusHooks:
+        """The hooks this middleware runs, recording to the catalogue's request metrics as
+        they are now (a METRICS_BUCKETS change replaces the duration histogram)."""
+        return PrometheusHooks(
             requests_total=http_requests_total,
             duration=http_request_duration_seconds,
             in_progress=http_requests_in_progress,
@@ -152,7 +166,6 @@ class PrometheusMiddleware(Pipeline):
             excluded_paths=excluded_paths,
             endpoint=endpoint,
         )
-        super().__init__(app, (hooks,))
 
 
 # --- multiple worker processes ------------------------------------------------------------

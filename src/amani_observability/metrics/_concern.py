@@ -68,17 +68,8 @@ def metrics_hooks(settings: ObservabilitySettings, lifecycle: Lifecycle) -> Prom
             else None
         ),
     )
-    metrics_path = settings.metrics_path
-    excluded = [*settings.metrics_excluded_paths]
-    requests, duration = catalogue.http_requests_total, catalogue.http_request_duration_seconds
-    in_progress, errors = catalogue.http_requests_in_progress, catalogue.errors_total
-
-    return PrometheusHooks(
-        metrics_path=metrics_path,
-        excluded_paths=excluded,
+    return catalogue.PrometheusMiddleware.hooks_for(
+        metrics_path=settings.metrics_path,
+        excluded_paths=[*settings.metrics_excluded_paths],
         endpoint=endpoint,
-        requests_total=requests,
-        duration=duration,
-        in_progress=in_progress,
-        errors_total=errors,
     )
